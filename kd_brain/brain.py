@@ -1,0 +1,137 @@
+"""Brains: the shared CTC forward pass and the teacher's training loop.
+
+The Brain contract stays small: ``compute_forward`` (features -> log-probs),
+``compute_objectives`` (a loss; WER at validation), ``on_stage_end``
+(logging, LR annealing, checkpoints). Everything the loop needs comes from
+the YAML (``hparams``) or is an attribute set here; no globals.
+"""
+
+import csv
+import logging
+import os
+import time
+
+import speechbrain as sb
+import torch
+from speechbrain.decoders.ctc import ctc_greedy_decode
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.metric_stats import ErrorRateStats
+
+from kd_brain.tokenizer import BLANK_ID
+
+logger = logging.getLogger(__name__)
+
+
+@register_checkpoint_hooks
+class WallClock:
+    """Training wall time that survives resumes (saved with each checkpoint).
+
+    Example
+    -------
+    >>> clock = WallClock(); clock.start(); clock.elapsed() >= 0
+    True
+    """
+
+    def __init__(self):
+        self.before = 0.0
+        self.t0 = None
+
+    def start(self):
+        self.t0 = time.time()
+
+    def elapsed(self):
+        return self.before + (time.time() - self.t0 if self.t0 else 0.0)
+
+    @mark_as_saver
+    def _save(self, path):
+        with open(path, "w") as f:
+            f.write(str(self.elapsed()))
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch=False):
+        with open(path) as f:
+            self.before = float(f.read())
+        self.t0 = time.time()
+
+
+class CTCBrain(sb.Brain):
+    """Features -> normalisation -> (SpecAugment when training) -> CTC log-probs.
+
+    Expects ``hparams.compute_features`` and ``modules.normalize`` /
+    ``modules.model``; ``hparams.spec_augment`` is optional. Subclasses add
+    the objective. Returns ``(log_probs [B, T, V], relative lengths)``.
+    """
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = self.input_signal(batch, stage)
+        feats = self.hparams.compute_features(wavs)
+        epoch = self.hparams.epoch_counter.current if hasattr(self.hparams, "epoch_counter") else 0
+        feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:
+            feats, _ = self.hparams.spec_augment(feats, wav_lens)  # masks only: lengths unchanged
+        return self.modules.model(feats, wav_lens), wav_lens
+
+    def input_signal(self, batch, stage):
+        """The audio the model hears; the student overrides this to contaminate it."""
+        return batch.sig
+
+    def greedy_words(self, log_probs, lens):
+        """CTC greedy decoding to lists of words."""
+        hyps = ctc_greedy_decode(log_probs, lens, blank_id=BLANK_ID)
+        return [self.hparams.tokenizer.decode(h).split() for h in hyps]
+
+
+class TeacherBrain(CTCBrain):
+    """CTC training on labelled clean speech; dev WER (greedy) selects checkpoints.
+
+    Appends ``epoch, elapsed_s, train_loss, valid_loss, dev_wer`` to
+    ``<output_folder>/curve.csv`` after every validation, so the
+    dev-WER-vs-wall-time curve is a file, not a log to grep.
+    """
+
+    def compute_objectives(self, predictions, batch, stage):
+        log_probs, lens = predictions
+        tokens, token_lens = batch.tokens
+        loss = sb.nnet.losses.ctc_loss(log_probs, tokens, lens, token_lens, blank_index=BLANK_ID)
+        if stage != sb.Stage.TRAIN:
+            self.wer_metric.append(batch.id, self.greedy_words(log_probs, lens), [w.split() for w in batch.wrd])
+        return loss
+
+    def on_fit_start(self):
+        super().on_fit_start()  # loads the latest checkpoint, clock included
+        self.hparams.wall_clock.start() if self.hparams.wall_clock.t0 is None else None
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step and getattr(self.hparams, "lr_scheduler", None) is not None:
+            self.hparams.lr_scheduler(self.optimizer)
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            self.wer_metric = ErrorRateStats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        wer = self.wer_metric.summarize("error_rate")
+        if stage == sb.Stage.VALID:
+            elapsed = self.hparams.wall_clock.elapsed()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr, "elapsed_s": round(elapsed)},
+                train_stats={"loss": self.train_loss},
+                valid_stats={"loss": stage_loss, "WER": wer},
+            )
+            self._append_curve(epoch, elapsed, stage_loss, wer)
+            self.checkpointer.save_and_keep_only(meta={"WER": wer, "epoch": epoch}, min_keys=["WER"],
+                                                 num_to_keep=getattr(self.hparams, "ckpt_keep", 2))
+
+    def _append_curve(self, epoch, elapsed, valid_loss, wer):
+        path = os.path.join(self.hparams.output_folder, "curve.csv")
+        new = not os.path.isfile(path)
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["epoch", "elapsed_s", "train_loss", "valid_loss", "dev_wer"])
+            w.writerow([epoch, round(elapsed, 1), round(self.train_loss, 4), round(float(valid_loss), 4), round(wer, 2)])

@@ -1,0 +1,301 @@
+"""Corpus preparation: Kaldi data directories -> SpeechBrain CSV manifests.
+
+A corpus is one or more Kaldi data directories (``wav.scp``, ``text``,
+``utt2spk``; audio paths relative to the corpus root). Preparation
+
+1. validates every utterance (audio present and readable, 16 kHz, non-empty
+   transcript) and stops with the utterance ID, or counts and logs a skip when
+   ``on_bad="skip"``;
+2. converts the compressed audio once to 16-bit WAV in the output folder
+   (Ogg/Opus decodes at a few hundred x real time; WAV reads are ~free, and
+   training reads each file once per epoch);
+3. splits the training speakers, seeded, into ``labelled``, ``unlabelled``
+   and ``dev``; the corpus's test speakers become ``test_clean``.
+
+The unlabelled manifest has no ``wrd`` column at all, so no training code can
+read its transcripts by accident; they go to ``unlabelled_transcripts.csv``,
+which only evaluation of the unlabelled pool may read.
+"""
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+LABELLED_FIELDS = ["ID", "duration", "wav", "spk_id", "wrd"]
+UNLABELLED_FIELDS = ["ID", "duration", "wav", "spk_id"]
+SPLITS = ("labelled", "unlabelled", "dev", "test_clean")
+
+
+class CorpusError(ValueError):
+    """Bad input in a corpus; the message names the file and utterance."""
+
+
+def read_kaldi_dir(data_dir):
+    """Reads a Kaldi data directory into ``{utt_id: {"wav", "wrd", "spk_id"}}``.
+
+    ``wav`` is the path as written in ``wav.scp`` (relative to the corpus
+    root, or absolute). Only simple ``utt path`` lines are supported: piped
+    commands are refused with the line that holds one.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "wav.scp").write_text("u1 audio/u1.wav\\n")
+    >>> _ = (d / "text").write_text("u1 HELLO WORLD\\n")
+    >>> _ = (d / "utt2spk").write_text("u1 s1\\n")
+    >>> read_kaldi_dir(d)["u1"]["wrd"]
+    'HELLO WORLD'
+    """
+    tables = {}
+    for name in ("wav.scp", "text", "utt2spk"):
+        path = os.path.join(data_dir, name)
+        if not os.path.isfile(path):
+            raise CorpusError(f"{path}: missing (a Kaldi data directory needs wav.scp, text, utt2spk)")
+        table = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                parts = line.split(maxsplit=1)
+                utt, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+                if name == "wav.scp" and (value.endswith("|") or " " in value):
+                    raise CorpusError(f"{path}:{lineno}: utterance {utt}: only 'utt path' lines are supported, got {value!r}")
+                if utt in table:
+                    raise CorpusError(f"{path}:{lineno}: utterance {utt} appears twice")
+                table[utt] = value
+        tables[name] = table
+    utts = tables["wav.scp"]
+    for name in ("text", "utt2spk"):
+        missing = sorted(set(utts) - set(tables[name]))
+        if missing:
+            raise CorpusError(f"{os.path.join(data_dir, name)}: no entry for utterance {missing[0]} ({len(missing)} missing)")
+    return {
+        u: {"wav": utts[u], "wrd": tables["text"][u], "spk_id": tables["utt2spk"][u]}
+        for u in sorted(utts)
+    }
+
+
+def check_and_convert(utt_id, src, dst, wrd=None):
+    """Validates one utterance and writes it as 16-bit WAV at ``dst``.
+
+    Returns the duration in seconds. Raises CorpusError naming the utterance
+    and file for: a missing or unreadable file, a sample rate other than
+    16 kHz, empty audio, or (when ``wrd`` is given) an empty transcript.
+    Writing goes through a temporary file, so an interrupted conversion never
+    leaves a truncated WAV behind.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> sf.write(os.path.join(d, "a.flac"), np.zeros(1600), 16000)
+    >>> check_and_convert("u1", os.path.join(d, "a.flac"), os.path.join(d, "a.wav"), "HI")
+    0.1
+    """
+    if wrd is not None and not wrd.strip():
+        raise CorpusError(f"utterance {utt_id}: empty transcript")
+    if not os.path.isfile(src):
+        raise CorpusError(f"utterance {utt_id}: audio file {src} does not exist")
+    try:
+        audio, sr = sf.read(src, dtype="int16", always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt files
+        raise CorpusError(f"utterance {utt_id}: cannot read audio file {src}: {e}") from e
+    if sr != SAMPLE_RATE:
+        raise CorpusError(f"utterance {utt_id}: {src} has sample rate {sr} Hz, expected {SAMPLE_RATE} Hz")
+    if audio.shape[0] == 0:
+        raise CorpusError(f"utterance {utt_id}: {src} contains no samples")
+    audio = audio.mean(axis=1).astype(np.int16) if audio.shape[1] > 1 else audio[:, 0]
+    if dst != src:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = dst + ".part.wav"
+        sf.write(tmp, audio, sr, subtype="PCM_16")
+        os.replace(tmp, dst)
+    return round(len(audio) / sr, 4)
+
+
+def check_header(utt_id, src, wrd=None):
+    """Like ``check_and_convert`` but reads only the header (for corpora kept as they are)."""
+    if wrd is not None and not wrd.strip():
+        raise CorpusError(f"utterance {utt_id}: empty transcript")
+    if not os.path.isfile(src):
+        raise CorpusError(f"utterance {utt_id}: audio file {src} does not exist")
+    try:
+        info = sf.info(src)
+    except Exception as e:
+        raise CorpusError(f"utterance {utt_id}: cannot read audio file {src}: {e}") from e
+    if info.samplerate != SAMPLE_RATE:
+        raise CorpusError(f"utterance {utt_id}: {src} has sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz")
+    if info.frames == 0:
+        raise CorpusError(f"utterance {utt_id}: {src} contains no samples")
+    return round(info.frames / SAMPLE_RATE, 4)
+
+
+def _convert_job(args):
+    utt, src, dst, wrd = args
+    try:
+        if dst == src:
+            return utt, check_header(utt, src, wrd), None
+        if os.path.isfile(dst):  # resumed conversion: finished files were written atomically
+            return utt, round(sf.info(dst).frames / SAMPLE_RATE, 4), None
+        return utt, check_and_convert(utt, src, dst, wrd), None
+    except CorpusError as e:
+        return utt, None, str(e)
+
+
+def split_speakers(speakers, labelled_fraction, n_dev_speakers, seed):
+    """Seeded split of training speakers into labelled / unlabelled / dev.
+
+    Example
+    -------
+    >>> s = split_speakers([f"s{i}" for i in range(10)], 0.5, 2, seed=1)
+    >>> sorted(len(v) for v in s.values())
+    [2, 4, 4]
+    """
+    speakers = sorted(speakers)
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise CorpusError(f"labelled_fraction={labelled_fraction}: must be in (0, 1]")
+    if n_dev_speakers >= len(speakers):
+        raise CorpusError(f"n_dev_speakers={n_dev_speakers}: only {len(speakers)} training speakers")
+    random.Random(seed).shuffle(speakers)
+    dev, rest = speakers[:n_dev_speakers], speakers[n_dev_speakers:]
+    n_lab = max(1, round(labelled_fraction * len(rest)))
+    return {"dev": sorted(dev), "labelled": sorted(rest[:n_lab]), "unlabelled": sorted(rest[n_lab:])}
+
+
+def write_csv(path, rows, fields):
+    """Writes rows (dicts) to a CSV atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_csv(path):
+    """Reads a manifest into a list of dicts (keeps file order)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def options_hash(options):
+    """A short stable hash of a JSON-able dict of options."""
+    return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_corpus(
+    corpus_dir,
+    out_dir,
+    train_subdir="train",
+    test_subdir="test",
+    labelled_fraction=0.5,
+    n_dev_speakers=5,
+    seed=1234,
+    on_bad="error",
+    num_workers=2,
+    convert_audio=True,
+):
+    """Prepares manifests for the semi-supervised split (see module docstring).
+
+    Skipped when ``out_dir`` holds a finished preparation with the same
+    options (SpeechBrain's ``skip_prep`` pattern); redone when they change.
+    Returns a dict with the manifest paths and the skip count.
+
+    Arguments
+    ---------
+    corpus_dir : str
+        Corpus root; ``train_subdir`` and ``test_subdir`` are Kaldi data dirs in it.
+    out_dir : str
+        Where manifests and converted audio go.
+    labelled_fraction : float
+        Fraction of the (non-dev) training speakers whose transcripts are used.
+    n_dev_speakers : int
+        Training speakers held out for model selection.
+    on_bad : "error" or "skip"
+        Stop at the first bad utterance, or log it, count it and leave it out.
+    num_workers : int
+        Processes for checking and converting audio.
+    convert_audio : bool
+        Write 16-bit WAV copies (worth it for Ogg/Opus, read every epoch);
+        False keeps the corpus files (e.g. LibriSpeech FLAC) and checks headers only.
+    """
+    if on_bad not in ("error", "skip"):
+        raise CorpusError(f"on_bad={on_bad!r}: must be 'error' or 'skip'")
+    options = dict(
+        corpus_dir=os.path.abspath(corpus_dir), train_subdir=train_subdir, test_subdir=test_subdir,
+        labelled_fraction=labelled_fraction, n_dev_speakers=n_dev_speakers, seed=seed, on_bad=on_bad,
+        convert_audio=convert_audio,
+    )
+    done_file = os.path.join(out_dir, "prepare_done.json")
+    paths = {s: os.path.join(out_dir, f"{s}.csv") for s in SPLITS}
+    paths["unlabelled_transcripts"] = os.path.join(out_dir, "unlabelled_transcripts.csv")
+    if os.path.isfile(done_file):
+        with open(done_file) as f:
+            done = json.load(f)
+        if done.get("options") == options and all(os.path.isfile(p) for p in paths.values()):
+            logger.info("Preparation in %s already done with the same options: skipped", out_dir)
+            return {**paths, "skipped": done["skipped"], "prepared": False}
+        logger.info("Preparation options changed: redoing %s", out_dir)
+        os.remove(done_file)
+
+    train = read_kaldi_dir(os.path.join(corpus_dir, train_subdir))
+    test = read_kaldi_dir(os.path.join(corpus_dir, test_subdir))
+    overlap = {v["spk_id"] for v in train.values()} & {v["spk_id"] for v in test.values()}
+    if overlap:
+        raise CorpusError(f"{corpus_dir}: speakers in both {train_subdir} and {test_subdir}: {sorted(overlap)[:5]}")
+    groups = split_speakers({v["spk_id"] for v in train.values()}, labelled_fraction, n_dev_speakers, seed)
+    spk2split = {s: name for name, spks in groups.items() for s in spks}
+
+    jobs, split_of = [], {}
+    for utts, name_of in ((train, lambda u: spk2split[u["spk_id"]]), (test, lambda u: "test_clean")):
+        for utt, u in utts.items():
+            split = name_of(u)
+            split_of[utt] = split
+            src = u["wav"] if os.path.isabs(u["wav"]) else os.path.join(corpus_dir, u["wav"])
+            dst = os.path.join(out_dir, "audio", split, f"{utt}.wav") if convert_audio else src
+            jobs.append((utt, src, dst, u["wrd"]))
+    if len(split_of) != len(train) + len(test):
+        raise CorpusError(f"{corpus_dir}: utterance IDs repeat between {train_subdir} and {test_subdir}")
+
+    rows = {s: [] for s in SPLITS}
+    skipped = []
+    everything = {**train, **test}
+    with ProcessPoolExecutor(max(1, num_workers)) as pool:
+        for i, (utt, dur, err) in enumerate(pool.map(_convert_job, jobs, chunksize=32), 1):
+            if err is not None:
+                if on_bad == "error":
+                    raise CorpusError(err + " (set on_bad=skip to leave bad utterances out)")
+                logger.warning("skipped: %s", err)
+                skipped.append(err)
+                continue
+            u = everything[utt]
+            dst = jobs[i - 1][2]
+            rows[split_of[utt]].append(dict(ID=utt, duration=dur, wav=dst, spk_id=u["spk_id"], wrd=u["wrd"]))
+            if i % 500 == 0 or i == len(jobs):
+                logger.info("prepare: %d/%d utterances checked and converted", i, len(jobs))
+
+    for split in SPLITS:
+        fields = UNLABELLED_FIELDS if split == "unlabelled" else LABELLED_FIELDS
+        write_csv(paths[split], rows[split], fields)
+    write_csv(paths["unlabelled_transcripts"], rows["unlabelled"], ["ID", "wrd"])
+    if skipped:
+        with open(os.path.join(out_dir, "skipped.txt"), "w") as f:
+            f.write("\n".join(skipped) + "\n")
+    with open(done_file, "w") as f:
+        json.dump({"options": options, "skipped": len(skipped), "speakers": groups,
+                   "counts": {s: len(r) for s, r in rows.items()}}, f, indent=1)
+    logger.info("prepare: %s; %d skipped", {s: len(r) for s, r in rows.items()}, len(skipped))
+    return {**paths, "skipped": len(skipped), "prepared": True}

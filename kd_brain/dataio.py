@@ -1,0 +1,69 @@
+"""Datasets and audio reading for training and evaluation."""
+
+import soundfile as sf
+import speechbrain as sb
+import torch
+
+from kd_brain.data import CorpusError
+
+
+def read_audio(path):
+    """Reads a mono 16 kHz file as a float32 tensor (soundfile; no torchcodec needed)."""
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise CorpusError(f"cannot read audio file {path}: {e}") from e
+    if sr != 16000:
+        raise CorpusError(f"{path}: sample rate {sr} Hz, expected 16000 Hz")
+    return torch.from_numpy(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0])
+
+
+def make_dataset(csv_path, tokenizer=None, sort_key=None):
+    """A DynamicItemDataset over a manifest with ``sig`` and, if ``wrd`` exists, ``tokens``.
+
+    Arguments
+    ---------
+    csv_path : str
+        Manifest with at least ``ID, duration, wav``.
+    tokenizer : kd_brain.tokenizer.Tokenizer, optional
+        Needed for ``tokens``; left out for unlabelled manifests.
+    sort_key : str, optional
+        Sort the dataset by this column (e.g. "duration", for evaluation speed).
+
+    Example
+    -------
+    >>> import tempfile, os, numpy as np
+    >>> from kd_brain.data import write_csv
+    >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "a.wav")
+    >>> sf.write(wav, np.zeros(16000, dtype="float32"), 16000)
+    >>> write_csv(os.path.join(d, "m.csv"), [dict(ID="a", duration=1.0, wav=wav)], ["ID", "duration", "wav"])
+    >>> ds = make_dataset(os.path.join(d, "m.csv"))
+    >>> ds[0]["sig"].shape
+    torch.Size([16000])
+    """
+    ds = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path)
+    keys = ["id", "sig"]
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return read_audio(wav)
+
+    ds.add_dynamic_item(audio_pipeline)
+    first = ds.data[ds.data_ids[0]] if len(ds) else {}
+    if "wrd" in first and tokenizer is not None:
+
+        @sb.utils.data_pipeline.takes("wrd")
+        @sb.utils.data_pipeline.provides("wrd", "tokens")
+        def text_pipeline(wrd):
+            yield wrd
+            yield torch.LongTensor(tokenizer.encode(wrd))
+
+        ds.add_dynamic_item(text_pipeline)
+        keys += ["wrd", "tokens"]
+    elif "wrd" in first:
+        keys.append("wrd")
+    ds.set_output_keys(keys)
+    if sort_key:
+        ds = ds.filtered_sorted(sort_key=sort_key)
+    return ds

@@ -1,0 +1,124 @@
+"""Evaluation: decode named test conditions, score WER, keep one results table.
+
+``EvalBrain`` shares the CTC forward pass of teacher and student and decodes
+every batch twice: CTC greedy and CTC prefix beam search (speechbrain's
+decoders). WER comes from ``ErrorRateStats`` and is cross-checked against
+jiwer on the same hypotheses; a disagreement is an error, not a warning.
+Per condition it writes ``wer_<condition>_<decoder>.txt`` (with alignments);
+``update_results`` merges the numbers into ``results.json`` and rewrites
+``results.md`` (rows: model and decoder; columns: conditions).
+"""
+
+import json
+import logging
+import os
+
+import jiwer
+import speechbrain as sb
+import torch
+from speechbrain.utils.metric_stats import ErrorRateStats
+
+from kd_brain.brain import CTCBrain
+
+logger = logging.getLogger(__name__)
+DECODERS = ("greedy", "beam")
+
+
+class EvalBrain(CTCBrain):
+    """Decodes test sets with greedy and prefix beam search.
+
+    Needs ``hparams.tokenizer`` and ``hparams.beam_searcher`` (a
+    ``speechbrain.decoders.ctc.CTCPrefixBeamSearcher``). Set ``condition``
+    before ``evaluate``; the scores land in ``self.results[condition]``.
+    """
+
+    condition = "test"
+
+    def compute_objectives(self, predictions, batch, stage):
+        log_probs, lens = predictions
+        refs = [w.split() for w in batch.wrd]
+        hyps = {
+            "greedy": self.greedy_words(log_probs, lens),
+            "beam": [h[0].text.split() for h in self.hparams.beam_searcher(log_probs, lens)],
+        }
+        for name, hyp in hyps.items():
+            self.metrics[name].append(batch.id, hyp, refs)
+            self.pairs[name].extend(zip(refs, hyp))
+        return torch.zeros((), device=self.device)
+
+    def on_stage_start(self, stage, epoch=None):
+        self.metrics = {d: ErrorRateStats() for d in DECODERS}
+        self.pairs = {d: [] for d in DECODERS}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TEST:
+            return
+        out_dir = self.hparams.output_folder
+        scores = {"n_utts": len(self.pairs["greedy"])}
+        for dec in DECODERS:
+            wer = self.metrics[dec].summarize("error_rate")
+            check = 100 * jiwer.wer([" ".join(r) for r, _ in self.pairs[dec]],
+                                    [" ".join(h) for _, h in self.pairs[dec]])
+            if abs(check - wer) > 1e-6:
+                raise RuntimeError(f"{self.condition}/{dec}: ErrorRateStats WER {wer} != jiwer WER {check}")
+            with open(os.path.join(out_dir, f"wer_{self.condition}_{dec}.txt"), "w") as f:
+                self.metrics[dec].write_stats(f)
+            scores[dec] = round(wer, 2)
+        self.results[self.condition] = scores
+        logger.info("%s: %s", self.condition, scores)
+
+
+def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):
+    """Evaluates ``brain`` on every ``{name: dataset}``; returns ``{name: scores}``.
+
+    The checkpoint with the lowest ``min_key`` is loaded (SpeechBrain's
+    ``on_evaluate_start``), so every condition scores the same model.
+    """
+    brain.results = {}
+    for name, dataset in conditions.items():
+        brain.condition = name
+        brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=dict(loader_kwargs or {}))
+    return brain.results
+
+
+def update_results(results_dir, model_name, scores):
+    """Merges ``{condition: {"greedy", "beam", "n_utts"}}`` of one model into
+    ``results.json`` and rewrites ``results.md``; returns the markdown.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> md = update_results(d, "teacher", {"clean": {"greedy": 10.0, "beam": 9.5, "n_utts": 3}})
+    >>> print(md.splitlines()[2])
+    | teacher | beam | 9.50 |
+    """
+    path = os.path.join(results_dir, "results.json")
+    table = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            table = json.load(f)
+    table[model_name] = scores
+    os.makedirs(results_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(table, f, indent=1)
+    os.replace(path + ".tmp", path)
+    md = results_markdown(table)
+    with open(os.path.join(results_dir, "results.md"), "w") as f:
+        f.write(md)
+    return md
+
+
+def results_markdown(table):
+    """WER table: one row per model and decoder, one column per condition."""
+    conds = []
+    for scores in table.values():
+        conds += [c for c in scores if c not in conds]
+    n = {c: s[c]["n_utts"] for s in table.values() for c in s}
+    lines = ["| model | decoder | " + " | ".join(f"{c} (n={n[c]})" for c in conds) + " |",
+             "|---|---|" + "---|" * len(conds)]
+    for model, scores in table.items():
+        for dec in ("beam", "greedy"):
+            cells = [f"{scores[c][dec]:.2f}" if c in scores else "-" for c in conds]
+            lines.append(f"| {model} | {dec} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""Sentencepiece units for CTC, trained on labelled transcripts only.
+
+Id 0 is reserved as the CTC blank (sentencepiece's pad piece, which
+``encode`` never emits), so model outputs and token ids share one index
+space: ``vocab_size`` outputs, blank included.
+"""
+
+import hashlib
+import json
+import logging
+import os
+
+import sentencepiece as spm
+
+from kd_brain.data import CorpusError, read_csv
+
+logger = logging.getLogger(__name__)
+BLANK_ID = 0
+
+
+class Tokenizer:
+    """A trained sentencepiece model with the CTC blank at id 0.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> from kd_brain.data import write_csv
+    >>> d = tempfile.mkdtemp()
+    >>> rows = [{"ID": str(i), "wrd": w} for i, w in enumerate(["SET A TIMER", "PLAY SOME MUSIC", "TURN ON THE LIGHTS"] * 20)]
+    >>> write_csv(os.path.join(d, "lab.csv"), rows, ["ID", "wrd"])
+    >>> tok = train_tokenizer(os.path.join(d, "lab.csv"), d, vocab_size=30, model_type="char")
+    >>> tok.decode(tok.encode("PLAY MUSIC"))
+    'PLAY MUSIC'
+    >>> BLANK_ID in tok.encode("PLAY MUSIC")
+    False
+    """
+
+    def __init__(self, model_path):
+        self.model_path = model_path
+        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        with open(model_path, "rb") as f:
+            self.hash = hashlib.sha1(f.read()).hexdigest()[:16]
+
+    @property
+    def vocab_size(self):
+        return self.sp.get_piece_size()
+
+    def encode(self, text):
+        return self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode([int(i) for i in ids if int(i) != BLANK_ID])
+
+    def vocab_list(self):
+        """Pieces in id order, for speechbrain's CTC decoders."""
+        return [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
+
+
+def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", character_coverage=1.0):
+    """Trains (or reuses) a sentencepiece model on the ``wrd`` column of ``labelled_csv``.
+
+    Refuses a manifest without a ``wrd`` column (the unlabelled pool has none),
+    so the unlabelled transcripts cannot reach the tokenizer. Skipped when a
+    model trained with the same options on the same manifest exists.
+
+    Arguments
+    ---------
+    labelled_csv : str
+        Manifest with transcripts (the ``labelled`` split).
+    out_dir : str
+        Where ``tokenizer.model`` and ``tokenizer.json`` are written.
+    vocab_size : int
+        Number of units, CTC blank included.
+    model_type : str
+        "unigram", "bpe" or "char".
+    """
+    rows = read_csv(labelled_csv)
+    if not rows or "wrd" not in rows[0]:
+        raise CorpusError(f"{labelled_csv}: no 'wrd' column; the tokenizer trains on labelled transcripts only")
+    options = {"manifest": os.path.abspath(labelled_csv), "vocab_size": vocab_size, "model_type": model_type,
+               "n_utts": len(rows), "text_hash": hashlib.sha1("\n".join(r["wrd"] for r in rows).encode()).hexdigest()}
+    prefix = os.path.join(out_dir, "tokenizer")
+    info = prefix + ".json"
+    if os.path.isfile(info) and os.path.isfile(prefix + ".model"):
+        with open(info) as f:
+            if json.load(f) == options:
+                logger.info("Tokenizer %s.model already trained with the same options: skipped", prefix)
+                return Tokenizer(prefix + ".model")
+    os.makedirs(out_dir, exist_ok=True)
+    text_file = prefix + "_train.txt"
+    with open(text_file, "w", encoding="utf-8") as f:
+        f.writelines(r["wrd"] + "\n" for r in rows)
+    spm.SentencePieceTrainer.train(
+        input=text_file, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage, pad_id=BLANK_ID, pad_piece="<blank>", unk_id=1,
+        bos_id=-1, eos_id=-1, minloglevel=2,
+    )
+    with open(info, "w") as f:
+        json.dump(options, f, indent=1)
+    return Tokenizer(prefix + ".model")

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny Kaldi-layout corpus cut from the real bed."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SPEECH = SHARED / "speech" / "speechocean762"
+
+
+def write_kaldi_dir(path, utts):
+    """utts: list of (utt_id, wav_path, spk, text)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "wav.scp").write_text("".join(f"{u} {w}\n" for u, w, _, _ in utts))
+    (path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, _, s, _ in utts))
+    (path / "text").write_text("".join(f"{u} {t}\n" for u, _, _, t in utts))
+
+
+def _subset(split, n_spk, n_utt):
+    lines = (SPEECH / split / "wav.scp").read_text().splitlines()
+    text = dict(line.split(maxsplit=1) for line in (SPEECH / split / "text").read_text().splitlines())
+    spk = dict(line.split() for line in (SPEECH / split / "utt2spk").read_text().splitlines())
+    by_spk = {}
+    for line in lines:
+        u, w = line.split()
+        by_spk.setdefault(spk[u], []).append((u, str(SPEECH / w), spk[u], text[u]))
+    return [x for s in sorted(by_spk)[:n_spk] for x in by_spk[s][:n_utt]]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """8 training and 2 test speakers of the real bed, 6 utterances each (absolute paths)."""
+    if not SPEECH.is_dir():
+        pytest.skip(f"{SPEECH} not present")
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    write_kaldi_dir(root / "train", _subset("train", 8, 6))
+    write_kaldi_dir(root / "test", _subset("test", 2, 6))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_corpus, tmp_path_factory):
+    from kd_brain.data import prepare_corpus
+
+    out = tmp_path_factory.mktemp("tiny_prepared")
+    paths = prepare_corpus(tiny_corpus, out, labelled_fraction=0.5, n_dev_speakers=2, seed=3, num_workers=1)
+    return out, paths
+
+
+# Overrides that shrink the CPU teacher config to seconds.
+TINY_OVERRIDES = {
+    "d_model": 32, "num_layers": 1, "nhead": 2, "d_ffn": 64, "frontend_channels": 4, "n_mels": 40,
+    "vocab_size": 40, "token_type": "unigram", "batch_seconds": 20, "num_buckets": 2, "num_workers": 0,
+    "labelled_fraction": 0.5, "n_dev_speakers": 2, "prep_workers": 1, "beam_size": 2, "test_batch_size": 4,
+    "ckpt_interval_minutes": 0, "warmup_steps": 5,
+}
+
+
+def overrides_argv(**kw):
+    return [f"--{k}={v}" for k, v in {**TINY_OVERRIDES, **kw}.items()]

@@ -1,0 +1,48 @@
+"""Repository invariants: every YAML loads, the README's commands name files that exist, CI runs them."""
+
+import re
+import shlex
+
+import pytest
+from hyperpyyaml import load_hyperpyyaml
+
+from tests.conftest import REPO
+
+YAMLS = sorted((REPO / "hparams").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.name for p in YAMLS])
+def test_every_yaml_loads(path):
+    with open(path) as f:
+        hp = load_hyperpyyaml(f)
+    assert "model_name" in hp and "output_folder" in hp
+
+
+def readme_commands():
+    """Lines of the README's shell code blocks (indented or fenced)."""
+    cmds = []
+    for readme in [REPO / "README.md", *REPO.glob("recipes/*/README.md")]:
+        text = readme.read_text()
+        for block in re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", text, flags=re.S):
+            cmds += [(readme, line.strip()) for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    return cmds
+
+
+def test_readme_commands_name_existing_files():
+    cmds = readme_commands()
+    assert len(cmds) >= 2
+    checked = 0
+    for readme, cmd in cmds:
+        for token in shlex.split(cmd.replace("&&", " ").replace("|", " ")):
+            token = token.split("=", 1)[-1]
+            if re.search(r"\.(py|yaml|sh|md|csv)$", token) and not token.startswith(("/", "$", "<")):
+                where = REPO / token
+                assert where.exists() or (REPO.parent / token).exists(), f"{readme.name}: `{cmd}` names {token}"
+                checked += 1
+    assert checked >= 3
+
+
+def test_ci_runs_the_readme_test_command():
+    first = REPO.joinpath("README.md").read_text().split("```")[3].strip().splitlines()  # second code block
+    test_cmd = [line for line in first if "pytest" in line][0].strip()
+    assert test_cmd in REPO.joinpath(".ci", "run").read_text()
