@@ -54,12 +54,18 @@ class WallClock:
         self.t0 = time.time()
 
 
+def output_frames(model, n_samples):
+    """CTC frames per utterance; works on a DDP-wrapped model too."""
+    return getattr(model, "module", model).output_frames(n_samples)
+
+
 class CTCBrain(sb.Brain):
     """Features -> normalisation -> (SpecAugment when training) -> CTC log-probs.
 
     Expects ``hparams.compute_features`` and ``modules.normalize`` /
     ``modules.model``; ``hparams.spec_augment`` is optional. Subclasses add
-    the objective. Returns ``(log_probs [B, T, V], relative lengths)``.
+    the objective. Returns ``(log_probs [B, T, V], relative lengths)`` where
+    ``round(length * T)`` is exactly ``model.output_frames(n_samples)``.
     """
 
     def compute_forward(self, batch, stage):
@@ -70,7 +76,11 @@ class CTCBrain(sb.Brain):
         feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:
             feats, _ = self.hparams.spec_augment(feats, wav_lens)  # masks only: lengths unchanged
-        return self.modules.model(feats, wav_lens), wav_lens
+        log_probs = self.modules.model(feats, wav_lens)
+        # Output lengths from each utterance's sample count, not from the padded batch:
+        # a frame count must not depend on which utterances share the batch.
+        n_out = output_frames(self.modules.model, torch.round(wav_lens * wavs.shape[1]).long())
+        return log_probs, n_out.float() / log_probs.shape[1]
 
     def input_signal(self, batch, stage):
         """The audio the model hears; the student overrides this to contaminate it."""

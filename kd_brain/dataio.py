@@ -67,3 +67,77 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None):
     if sort_key:
         ds = ds.filtered_sorted(sort_key=sort_key)
     return ds
+
+
+def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nbest=False):
+    """Training set for the student: several manifests, transcripts where they exist.
+
+    Rows of manifests without a ``wrd`` column (the unlabelled pool) get empty
+    ``tokens``: the transcripts kept aside for evaluation are never opened.
+    Adds ``noisy_sig`` (``contaminator(sig, utt_id)``; the epoch is the
+    contaminator's), ``kd_idx`` / ``kd_logp`` (top-k of the soft-label store)
+    and ``kd_nbest`` (the teacher's N-best as (token ids, score) pairs).
+
+    Arguments
+    ---------
+    manifests : list of str
+        CSV manifests with ``ID, duration, wav`` (and ``wrd`` when labelled).
+    tokenizer : kd_brain.tokenizer.Tokenizer
+    contaminator : callable, optional
+        ``(wav, utt_id) -> noisy wav`` of the same length.
+    store : kd_brain.store.SoftLabelStore, optional
+    nbest : bool
+        Also read the stored N-best lists.
+    """
+    from kd_brain.data import read_csv
+
+    data = {}
+    for path in manifests:
+        for row in read_csv(path):
+            if row["ID"] in data:
+                raise CorpusError(f"{path}: utterance {row['ID']} is also in another training manifest")
+            data[row["ID"]] = {"wav": row["wav"], "duration": float(row["duration"]), "wrd": row.get("wrd", "")}
+    ds = sb.dataio.dataset.DynamicItemDataset(data)
+    keys = ["id", "sig", "wrd", "tokens"]
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return read_audio(wav)
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("tokens")
+    def text_pipeline(wrd):
+        return torch.LongTensor(tokenizer.encode(wrd) if wrd else [])
+
+    ds.add_dynamic_item(audio_pipeline)
+    ds.add_dynamic_item(text_pipeline)
+    if contaminator is not None:
+        ds.add_dynamic_item(contaminator_item(contaminator))
+        keys.append("noisy_sig")
+    if store is not None:
+        @sb.utils.data_pipeline.takes("id")
+        @sb.utils.data_pipeline.provides("kd_idx", "kd_logp")
+        def label_pipeline(utt_id):
+            labels = store[utt_id]
+            yield labels.indices
+            yield labels.log_probs
+
+        ds.add_dynamic_item(label_pipeline)
+        keys += ["kd_idx", "kd_logp"]
+        if nbest:
+            ds.add_dynamic_item(store.nbest, takes="id", provides="kd_nbest")
+            keys.append("kd_nbest")
+    ds.set_output_keys(keys)
+    return ds
+
+
+def contaminator_item(contaminator):
+    """A dynamic item ``(id, sig) -> noisy_sig`` for a dataset."""
+
+    @sb.utils.data_pipeline.takes("id", "sig")
+    @sb.utils.data_pipeline.provides("noisy_sig")
+    def contaminate(utt_id, sig):
+        return contaminator(sig, utt_id)
+
+    return contaminate

@@ -56,6 +56,11 @@ class Tokenizer:
         return [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
 
 
+def tokenizer_dir(hp):
+    """Where a config's tokenizer lives: one per data folder, unit type and size."""
+    return os.path.join(hp["data_folder"], f"tokenizer_{hp['token_type']}{hp['vocab_size']}")
+
+
 def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", character_coverage=1.0):
     """Trains (or reuses) a sentencepiece model on the ``wrd`` column of ``labelled_csv``.
 

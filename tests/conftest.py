@@ -60,3 +60,22 @@ TINY_OVERRIDES = {
 
 def overrides_argv(**kw):
     return [f"--{k}={v}" for k, v in {**TINY_OVERRIDES, **kw}.items()]
+
+
+def load_recipe(name):
+    """Imports recipes/KD-Noise/<name>.py (the folder name is not a package name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"kd_recipe_{name}", REPO / "recipes" / "KD-Noise" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_corpus, tmp_path_factory):
+    """A 1-epoch teacher on the tiny corpus; returns its exp folder."""
+    exp = tmp_path_factory.mktemp("tiny_exp")
+    load_recipe("train").main([str(REPO / "hparams" / "teacher.yaml"), f"--corpus_dir={tiny_corpus}",
+                               f"--exp_folder={exp}", "--noprogressbar"] + overrides_argv(number_of_epochs=1))
+    return exp

@@ -1,7 +1,6 @@
 """Teacher training: the loss goes down, runs resume (mid-epoch too), the recipe runs end to end."""
 
 import csv
-import importlib.util
 import os
 
 import pytest
@@ -11,14 +10,9 @@ from hyperpyyaml import load_hyperpyyaml
 
 from kd_brain.brain import TeacherBrain
 from kd_brain.dataio import make_dataset
-from tests.conftest import REPO, TINY_OVERRIDES, overrides_argv
+from tests.conftest import REPO, TINY_OVERRIDES, load_recipe, overrides_argv
 
 
-def load_recipe(name="train"):
-    spec = importlib.util.spec_from_file_location(f"kd_recipe_{name}", REPO / "recipes" / "KD-Noise" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_hparams(tiny_corpus, exp, **extra):
@@ -44,7 +38,7 @@ class RecordingBrain(TeacherBrain):
 
 
 def make_brain(hp, cls=TeacherBrain, **run_opts):
-    hp["tokenizer"] = load_recipe().prepare(hp)
+    hp["tokenizer"] = load_recipe("train").prepare(hp)
     brain = cls(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
                 run_opts={"device": "cpu", "noprogressbar": True, **run_opts}, checkpointer=hp["checkpointer"])
     train = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), hp["tokenizer"])
@@ -84,7 +78,7 @@ def test_mid_epoch_resume_sees_every_utterance_once(tiny_corpus, tmp_path):
 
 
 def test_recipe_end_to_end_then_resume(tiny_corpus, tmp_path):
-    train = load_recipe()
+    train = load_recipe("train")
     argv = [str(REPO / "hparams" / "teacher.yaml"), f"--corpus_dir={tiny_corpus}", f"--exp_folder={tmp_path}",
             "--noprogressbar"]
     scores = train.main(argv + overrides_argv(number_of_epochs=2))

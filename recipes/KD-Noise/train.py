@@ -22,7 +22,7 @@ from kd_brain.brain import TeacherBrain
 from kd_brain.data import prepare_corpus
 from kd_brain.dataio import make_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
-from kd_brain.tokenizer import Tokenizer, train_tokenizer
+from kd_brain.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def prepare(hp):
         test_subdir=hp["test_subdir"], labelled_fraction=hp["labelled_fraction"],
         n_dev_speakers=hp["n_dev_speakers"], seed=hp["seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
         convert_audio=hp["convert_audio"]))
-    tok_dir = os.path.join(hp["data_folder"], f"tokenizer_{hp['token_type']}{hp['vocab_size']}")
+    tok_dir = tokenizer_dir(hp)
     run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tok_dir,
                                        hp["vocab_size"], hp["token_type"]])
     tokenizer = Tokenizer(os.path.join(tok_dir, "tokenizer.model"))
@@ -55,6 +55,7 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(hp["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
 
     tokenizer = prepare(hp)

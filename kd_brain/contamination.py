@@ -1,0 +1,418 @@
+"""On-the-fly contamination of clean speech with media noise played in rooms.
+
+Per utterance a ``Contaminator`` draws (seeded) 1..N noise clips from a ``NoisePool``, a
+random segment of each (looping short clips), one SNR per noise, and one room with distinct
+RIRs for the speech and each noise; then it renders the mixture.
+
+Definitions (what the tests check):
+
+* **Alignment.** The noisy signal has exactly the clean signal's length, and the speech is
+  not shifted: the speech RIR's direct-path delay (its peak index) is compensated.
+* **Speech component** ``s_r``: the clean speech convolved with its RIR (when
+  ``reverb_speech``), rescaled to the clean speech's power so that the level the student
+  hears matches the teacher's.
+* **Noise component** ``n_i``: the noise segment convolved with its RIR ("valid" part: the
+  noise was already playing when the utterance starts), times a gain ``g_i``.
+* **SNR** of noise ``i``: ``10 log10(P(s_r) / P(n_i))``, with ``P`` the mean square over the
+  utterance's samples. Each noise has its own SNR against the speech (not against the sum
+  of the other noises). The mixture is ``s_r + sum_i n_i``; if its peak exceeds
+  ``max_peak`` all components are scaled down together, which keeps every SNR.
+
+Determinism: all draws come from one numpy generator seeded by ``seed_for(utt_id, epoch)``
+(a hash of the base seed, the epoch and the utterance ID), so the same call gives the same
+audio in any process or worker, and a new epoch gives new noise. ``plan`` (draws only) and
+``render`` (audio) are separate, so a manifest can record the plan and reproduce the audio.
+
+Speed: the speech and noise rows of one example are convolved in one batched
+``torchaudio.functional.fftconvolve`` call whose length is padded to a 5-smooth FFT size
+(a prime-factor size is ~10x slower). See ``bench/bench_contamination.py``.
+"""
+
+import bisect
+import csv
+import hashlib
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+import torchaudio
+
+from kd_brain.rooms import read_audio
+
+logger = logging.getLogger(__name__)
+
+POOLS = ("train", "test", "reserved")
+DEFAULT_RESERVED = ("fillets-en", "singularity")  # noise sources only the rerecorded condition uses
+
+
+class NoiseError(ValueError):
+    """Bad noise input; the message names the file or setting."""
+
+
+def seed_for(base_seed, epoch, utt_id):
+    """A 63-bit seed from ``(base_seed, epoch, utt_id)``, stable across processes and runs.
+
+    Example
+    -------
+    >>> seed_for(1, 0, "u1") == seed_for(1, 0, "u1") != seed_for(1, 1, "u1")
+    True
+    """
+    digest = hashlib.sha256(f"{base_seed}|{epoch}|{utt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+_SMOOTH = None
+
+
+def fast_fft_len(n):
+    """The smallest 5-smooth integer >= n (a fast FFT size for pocketfft / cuFFT).
+
+    Example
+    -------
+    >>> fast_fft_len(79998), fast_fft_len(64)
+    (80000, 64)
+    """
+    global _SMOOTH
+    if _SMOOTH is None:
+        limit, vals = 1 << 26, []
+        p2 = 1
+        while p2 <= limit:
+            p3 = p2
+            while p3 <= limit:
+                p5 = p3
+                while p5 <= limit:
+                    vals.append(p5)
+                    p5 *= 5
+                p3 *= 3
+            p2 *= 2
+        _SMOOTH = sorted(vals)
+    i = bisect.bisect_left(_SMOOTH, n)
+    return _SMOOTH[i] if i < len(_SMOOTH) else n
+
+
+def read_noise_manifest(csv_path):
+    """Reads a noise manifest (``ID, duration, path, kind, source``) into a list of dicts."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"ID", "path", "kind", "source"} - set(rows[0] if rows else {})
+    if missing:
+        raise NoiseError(f"{csv_path}: missing columns {sorted(missing)} (or no rows)")
+    return rows
+
+
+def split_noise_pool(rows, test_fraction=0.2, seed=0, reserved_sources=DEFAULT_RESERVED):
+    """Splits noise clips into ``train`` / ``test`` / ``reserved`` pools (lists of IDs).
+
+    Clips of ``reserved_sources`` form the reserved pool (never used by training nor by
+    noisy_sim). Every other source is split on its own, seeded, so both pools hold every
+    source; a source with >= 2 clips gives the test pool at least one.
+
+    Example
+    -------
+    >>> rows = [dict(ID=f"m{i}", source="a") for i in range(10)] + [dict(ID="r", source="b")]
+    >>> p = split_noise_pool(rows, 0.2, 0, reserved_sources=["b"])
+    >>> len(p["train"]), len(p["test"]), p["reserved"]
+    (8, 2, ['r'])
+    """
+    if not 0 <= test_fraction < 1:
+        raise NoiseError(f"test_fraction={test_fraction}: must be in [0, 1)")
+    pools = {p: [] for p in POOLS}
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r["ID"])
+    unknown = set(reserved_sources) - set(by_source)
+    if unknown:
+        raise NoiseError(f"reserved_sources {sorted(unknown)} not in the noise manifest "
+                         f"(sources: {sorted(by_source)})")
+    for source, ids in sorted(by_source.items()):
+        ids = sorted(ids)
+        if source in reserved_sources:
+            pools["reserved"] += ids
+            continue
+        random.Random(f"{seed}|{source}").shuffle(ids)
+        n_test = min(len(ids) - 1, max(1, round(test_fraction * len(ids)))) if test_fraction > 0 else 0
+        pools["test"] += sorted(ids[:n_test])
+        pools["train"] += sorted(ids[n_test:])
+    return pools
+
+
+class NoisePool:
+    """Noise clips held in memory as int16 (peak-normalised), with random-segment access.
+
+    Decoding the shared Ogg set (~2.5 h) takes ~30 s; with ``cache_dir`` each clip is decoded
+    once to an int16 ``.npy`` there and memory-mapped afterwards (instant loads, pages shared
+    between dataloader workers).
+
+    Arguments
+    ---------
+    rows : list of dict
+        Manifest rows (``ID``, ``path``; other columns kept as metadata).
+    root : str
+        Directory that relative ``path`` entries are resolved against.
+    sample_rate : int
+        Expected sample rate.
+    min_duration_s : float
+        Shorter clips are refused (a few-ms clip looped is a buzz, not media noise).
+    resample : bool
+        Resample clips at another rate with torchaudio instead of refusing them.
+    cache_dir : str or None
+        Where decoded clips are cached (None: decode into memory).
+
+    Example
+    -------
+    >>> import tempfile, os, soundfile as sf
+    >>> d = tempfile.mkdtemp()
+    >>> sf.write(os.path.join(d, "n.wav"), np.random.randn(4000) * 0.1, 16000)
+    >>> pool = NoisePool([dict(ID="n", path="n.wav")], root=d)
+    >>> pool.segment(0, 3000, 2000).shape  # loops past the end
+    (2000,)
+    """
+
+    def __init__(self, rows, root, sample_rate=16000, min_duration_s=0.1, resample=False, cache_dir=None):
+        if not rows:
+            raise NoiseError("empty noise pool (check the pool split settings)")
+        self.rows, self.sample_rate = rows, sample_rate
+        self.ids = [r["ID"] for r in rows]
+        self.index = {i: k for k, i in enumerate(self.ids)}
+        self.audio, self.power = [], []
+        for r in rows:
+            path = r["path"] if os.path.isabs(r["path"]) else os.path.join(root, r["path"])
+            clip = self._load(path, resample, cache_dir)
+            if len(clip) < min_duration_s * sample_rate:
+                raise NoiseError(f"{path}: noise is {len(clip) / sample_rate * 1000:.1f} ms long, "
+                                 f"shorter than min_duration_s={min_duration_s}")
+            power = float(np.mean(np.square(clip, dtype=np.float64)))
+            if power == 0:
+                raise NoiseError(f"{path}: noise is silent")
+            self.audio.append(clip)
+            self.power.append(power)
+
+    def _load(self, path, resample, cache_dir):
+        if cache_dir is None:
+            return self._to_int16(read_audio(path, self.sample_rate, resample, NoiseError))
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise NoiseError(f"{path}: cannot read noise: {e}") from e
+        key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.sample_rate}"
+                           .encode()).hexdigest()[:12]
+        cached = os.path.join(cache_dir, f"{os.path.basename(path)}.{key}.npy")
+        if not os.path.isfile(cached):
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = cached + ".tmp.npy"
+            np.save(tmp, self._to_int16(read_audio(path, self.sample_rate, resample, NoiseError)))
+            os.replace(tmp, cached)
+        return np.load(cached, mmap_mode="r")
+
+    @staticmethod
+    def _to_int16(audio):
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        scale = 32767.0 / peak if peak > 0 else 0.0
+        return np.round(audio * scale).astype(np.int16)
+
+    @classmethod
+    def from_csv(cls, csv_path, root=None, ids=None, **kwargs):
+        """Loads the clips of a manifest (only ``ids`` if given); ``root`` defaults to the
+        manifest's parent's parent (shared/data layout: ``noise/noise.csv``, paths ``noise/...``)."""
+        rows = read_noise_manifest(csv_path)
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r["ID"] in wanted]
+        root = root if root is not None else os.path.dirname(os.path.dirname(os.path.abspath(csv_path)))
+        return cls(rows, root, **kwargs)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def segment(self, k, offset, length):
+        """``length`` samples of clip ``k`` from ``offset``, looping; float32 numpy."""
+        clip = self.audio[k]
+        if offset + length <= len(clip):
+            seg = clip[offset:offset + length]
+        else:
+            seg = np.take(clip, np.arange(offset, offset + length) % len(clip))
+        return seg.astype(np.float32) / 32768.0
+
+
+class Contaminator:
+    """Adds 1..N media noises played in a room to clean speech (see the module docstring).
+
+    Arguments
+    ---------
+    noises : NoisePool
+        The clips to draw from (one pool: train, test or reserved).
+    rooms : RoomBank, MeasuredRIRs or None
+        Where RIRs are drawn (``sample(rng, n)`` / ``rir(id)``); None: no room at all.
+    n_noise_probs : sequence of float
+        Probabilities of 1, 2, ... noises per utterance (normalised).
+    snr_range : (float, float)
+        Uniform range of each noise's SNR in dB.
+    reverb_speech : bool
+        Convolve the speech with its RIR too (the noises always are, when there are rooms).
+    seed : int
+        Base seed; per-utterance seeds come from ``seed_for(seed, epoch, utt_id)``.
+    source_transform, output_transform : callable or None
+        Length- and delay-preserving functions of a 1-D tensor, applied to every source
+        before its RIR (e.g. a loudspeaker) and to the mixture (e.g. a microphone).
+    max_peak : float
+        The mixture is scaled down (all components together) when its peak exceeds this.
+    min_segment_db : float
+        A noise segment this much quieter than its clip's average (e.g. a pause in talk) is
+        redrawn, so that the gain reaching the SNR stays finite.
+
+    Example
+    -------
+    >>> import tempfile, os, soundfile as sf
+    >>> d = tempfile.mkdtemp()
+    >>> sf.write(os.path.join(d, "n.wav"), np.random.randn(8000) * 0.1, 16000)
+    >>> c = Contaminator(NoisePool([dict(ID="n", path="n.wav")], d), rooms=None, seed=1)
+    >>> clean = torch.randn(16000) * 0.1
+    >>> noisy = c(clean, "utt1", epoch=0)
+    >>> noisy.shape == clean.shape, torch.equal(noisy, c(clean, "utt1", epoch=0))
+    (True, True)
+    """
+
+    def __init__(self, noises, rooms=None, n_noise_probs=(0.5, 0.3, 0.2), snr_range=(0.0, 20.0),
+                 reverb_speech=True, seed=0, source_transform=None, output_transform=None,
+                 max_peak=0.99, min_segment_db=-30.0):
+        probs = np.asarray(n_noise_probs, dtype=np.float64)
+        if probs.ndim != 1 or len(probs) == 0 or (probs < 0).any() or probs.sum() <= 0:
+            raise NoiseError(f"n_noise_probs={n_noise_probs}: need non-negative weights for 1, 2, ... noises")
+        if snr_range[0] > snr_range[1]:
+            raise NoiseError(f"snr_range={snr_range}: low > high")
+        self.noises, self.rooms, self.probs = noises, rooms, probs / probs.sum()
+        self.snr_range, self.reverb_speech, self.seed = tuple(snr_range), reverb_speech, seed
+        self.source_transform, self.output_transform = source_transform, output_transform
+        self.max_peak, self.min_segment_db, self.epoch = max_peak, min_segment_db, 0
+
+    def set_epoch(self, epoch):
+        """Sets the epoch used when a call gives none (call before each epoch's dataloader)."""
+        self.epoch = int(epoch)
+
+    def __call__(self, wav, utt_id, epoch=None):
+        """Returns the contaminated ``wav`` (1-D, or (1, T)) for this utterance and epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        return self.contaminate(wav, seed_for(self.seed, epoch, utt_id))[0]
+
+    def contaminate(self, wav, seed):
+        """Plans and renders with an explicit seed; returns ``(noisy, plan)``."""
+        wav = torch.as_tensor(wav, dtype=torch.float32)
+        plan = self.plan(wav.shape[-1], seed)
+        return self.render(wav, plan), plan
+
+    def _rirs(self, rir_ids):
+        """``(rir, peak)`` per ID; "none" is the identity (no room, or dry speech)."""
+        return [(torch.ones(1), 0) if i == "none" else self.rooms.rir(i) for i in rir_ids]
+
+    def _geometry(self, num_samples, rirs):
+        """Kernel length K and row length so the FFT size is 5-smooth and >= L + 2K - 2."""
+        k = max(len(r) for r, _ in rirs)
+        return k, fast_fft_len(num_samples + 2 * k - 2) - k + 1
+
+    def plan(self, num_samples, seed):
+        """Draws everything for one utterance of ``num_samples`` samples (no audio work
+        beyond checking that noise segments are not silent). Returns a JSON-able dict."""
+        rng = np.random.default_rng(seed)
+        n = int(rng.choice(len(self.probs), p=self.probs)) + 1
+        picks = rng.choice(len(self.noises), n, replace=n > len(self.noises))
+        snrs = rng.uniform(*self.snr_range, size=n)
+        draw = self.rooms.sample(rng, n + 1) if self.rooms is not None else None
+        rir_ids = draw.rir_ids if draw else ["none"] * (n + 1)
+        if not self.reverb_speech:
+            rir_ids[0] = "none"
+        _, seg_len = self._geometry(num_samples, self._rirs(rir_ids))
+        offsets = [self._offset(rng, int(k), seg_len) for k in picks]
+        return dict(seed=int(seed), n_noises=n, noise_ids=[self.noises.ids[k] for k in picks],
+                    noise_offsets=offsets, snrs=[round(float(s), 3) for s in snrs],
+                    room=draw.room if draw else "none", speech_rir=rir_ids[0], noise_rirs=rir_ids[1:])
+
+    def _offset(self, rng, k, seg_len):
+        clip_len = len(self.noises.audio[k])
+        floor = self.noises.power[k] / 32768.0 ** 2 * 10 ** (self.min_segment_db / 10)
+        for _ in range(20):
+            offset = int(rng.integers(max(1, clip_len - seg_len + 1)))
+            if np.mean(np.square(self.noises.segment(k, offset, seg_len), dtype=np.float64)) > floor:
+                return offset
+        raise NoiseError(f"noise {self.noises.ids[k]}: 20 segments in a row below min_segment_db="
+                         f"{self.min_segment_db} dB of the clip's power (mostly silent clip?)")
+
+    def render(self, wav, plan, return_components=False):
+        """Renders a plan on ``wav``; returns the mixture (same shape as ``wav``), and with
+        ``return_components`` also a (1 + n, T) tensor of the scaled speech and noise parts
+        (before ``output_transform``; their sum is the mixture)."""
+        wav = torch.as_tensor(wav, dtype=torch.float32)
+        shape, x = wav.shape, wav.reshape(-1)
+        if wav.dim() > 2 or (wav.dim() == 2 and shape[0] != 1):
+            raise ValueError(f"wav of shape {tuple(shape)}: expected (T,) or (1, T)")
+        length = x.shape[0]
+        if length == 0:
+            raise ValueError("cannot contaminate an empty utterance")
+        if self.source_transform is not None:
+            x = self.source_transform(x)
+        rirs = self._rirs([plan["speech_rir"]] + plan["noise_rirs"])
+        k, seg_len = self._geometry(length, rirs)
+        rows = torch.zeros(len(rirs), seg_len)
+        kernels = torch.zeros(len(rirs), k)
+        for j, (rir, _) in enumerate(rirs):
+            kernels[j, :len(rir)] = rir
+        # Speech row, placed so that "valid" output sample t is aligned with input sample t
+        # (its RIR peak p lands on t): [zeros(K-1-p), speech, zeros].
+        peak = rirs[0][1]
+        rows[0, k - 1 - peak:k - 1 - peak + length] = x
+        for j, (nid, off) in enumerate(zip(plan["noise_ids"], plan["noise_offsets"]), 1):
+            seg = torch.from_numpy(self.noises.segment(self.noises.index[nid], off, seg_len))
+            rows[j] = self.source_transform(seg) if self.source_transform is not None else seg
+        if k == 1:  # no rooms: the rows are already the signals
+            out = rows[:, k - 1 - peak:k - 1 - peak + length] * kernels
+        else:
+            out = torchaudio.functional.fftconvolve(rows, kernels, mode="valid")[:, :length]
+        power = out.square().mean(dim=1).clamp_min(1e-10)
+        speech_power = wav.reshape(-1).square().mean().clamp_min(1e-10)  # the clean level
+        snrs = torch.tensor(plan["snrs"], dtype=torch.float32)
+        gains = torch.cat([(speech_power / power[0]).sqrt().view(1),
+                           (speech_power / (power[1:] * 10 ** (snrs / 10))).sqrt()])
+        out = out * gains[:, None]
+        mix = out.sum(dim=0)
+        peak_val = float(mix.abs().max())
+        if peak_val > self.max_peak:
+            out *= self.max_peak / peak_val
+            mix = out.sum(dim=0)
+        if self.output_transform is not None:
+            mix = self.output_transform(mix)
+        mix = mix.reshape(shape)
+        return (mix, out) if return_components else mix
+
+    @classmethod
+    def from_files(cls, noise_csv, rooms, pool="train", noise_root=None, test_fraction=0.2,
+                   split_seed=0, reserved_sources=DEFAULT_RESERVED, cache_dir=None, **kwargs):
+        """Builds a contaminator on one pool of a noise manifest.
+
+        Arguments
+        ---------
+        noise_csv : str
+            Noise manifest; ``noise_root`` resolves its relative paths (default: see
+            ``NoisePool.from_csv``).
+        rooms : RoomBank, MeasuredRIRs, str or None
+            A room source, or the path of a room bank (then its ``pool`` split is used;
+            the reserved pool uses the test rooms).
+        pool : "train", "test" or "reserved"
+            Which pool of ``split_noise_pool(rows, test_fraction, split_seed, reserved_sources)``.
+        **kwargs
+            Passed to ``Contaminator``.
+
+        Returns
+        -------
+        Contaminator
+        """
+        from kd_brain.rooms import RoomBank
+
+        if pool not in POOLS:
+            raise NoiseError(f"pool={pool!r}: must be one of {POOLS}")
+        ids = split_noise_pool(read_noise_manifest(noise_csv), test_fraction, split_seed,
+                               reserved_sources)[pool]
+        noises = NoisePool.from_csv(noise_csv, noise_root, ids=ids, cache_dir=cache_dir)
+        if isinstance(rooms, (str, os.PathLike)):
+            rooms = RoomBank(rooms, split="train" if pool == "train" else "test")
+        return cls(noises, rooms, **kwargs)
