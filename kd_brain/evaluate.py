@@ -82,8 +82,9 @@ def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):
 
 
 def update_results(results_dir, model_name, scores):
-    """Merges ``{condition: {"greedy", "beam", "n_utts"}}`` of one model into
-    ``results.json`` and rewrites ``results.md``; returns the markdown.
+    """Merges one model's ``{condition: {"greedy", "beam", "n_utts"}}`` into
+    ``scores.json`` (everything) and ``results.json`` (model -> condition ->
+    WER of the beam decoder), rewrites ``results.md``; returns the markdown.
 
     Example
     -------
@@ -92,21 +93,29 @@ def update_results(results_dir, model_name, scores):
     >>> md = update_results(d, "teacher", {"clean": {"greedy": 10.0, "beam": 9.5, "n_utts": 3}})
     >>> print(md.splitlines()[2])
     | teacher | beam | 9.50 |
+    >>> json.load(open(os.path.join(d, "results.json")))
+    {'teacher': {'clean': 9.5}}
     """
-    path = os.path.join(results_dir, "results.json")
+    path = os.path.join(results_dir, "scores.json")
     table = {}
     if os.path.isfile(path):
         with open(path) as f:
             table = json.load(f)
     table[model_name] = scores
     os.makedirs(results_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(table, f, indent=1)
-    os.replace(path + ".tmp", path)
+    _write_json(path, table)
+    _write_json(os.path.join(results_dir, "results.json"),
+                {m: {c: s["beam"] for c, s in conds.items()} for m, conds in table.items()})
     md = results_markdown(table)
     with open(os.path.join(results_dir, "results.md"), "w") as f:
         f.write(md)
     return md
+
+
+def _write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def results_markdown(table):

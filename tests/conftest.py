@@ -76,6 +76,6 @@ def load_recipe(name):
 def tiny_teacher(tiny_corpus, tmp_path_factory):
     """A 1-epoch teacher on the tiny corpus; returns its exp folder."""
     exp = tmp_path_factory.mktemp("tiny_exp")
-    load_recipe("train").main([str(REPO / "hparams" / "teacher.yaml"), f"--corpus_dir={tiny_corpus}",
+    load_recipe("train").main([str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}",
                                f"--exp_folder={exp}", "--noprogressbar"] + overrides_argv(number_of_epochs=1))
     return exp

@@ -17,7 +17,7 @@ from tests.conftest import REPO, TINY_OVERRIDES, load_recipe, overrides_argv
 
 def tiny_hparams(tiny_corpus, exp, **extra):
     overrides = {**TINY_OVERRIDES, "corpus_dir": str(tiny_corpus), "exp_folder": str(exp), **extra}
-    with open(REPO / "hparams" / "teacher.yaml") as f:
+    with open(REPO / "hparams" / "teacher_bed.yaml") as f:
         return load_hyperpyyaml(f, overrides)
 
 
@@ -79,7 +79,7 @@ def test_mid_epoch_resume_sees_every_utterance_once(tiny_corpus, tmp_path):
 
 def test_recipe_end_to_end_then_resume(tiny_corpus, tmp_path):
     train = load_recipe("train")
-    argv = [str(REPO / "hparams" / "teacher.yaml"), f"--corpus_dir={tiny_corpus}", f"--exp_folder={tmp_path}",
+    argv = [str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}", f"--exp_folder={tmp_path}",
             "--noprogressbar"]
     scores = train.main(argv + overrides_argv(number_of_epochs=2))
     assert set(scores) == {"dev", "clean"}

@@ -2,10 +2,14 @@
 """Trains a KD-Noise model and scores it on every test condition.
 
     python recipes/KD-Noise/train.py hparams/teacher.yaml [--key=value ...]
+    python recipes/KD-Noise/train.py hparams/student.yaml [--criterion=frame|sequence|mwer|ctc ...]
 
-Thin glue: preparation (skipped when done), tokenizer (labelled transcripts
-only), datasets, ``fit``, then ``EvalBrain`` on the conditions. The Brain
-classes, data handling and metrics live in ``kd_brain``.
+Thin glue. A teacher config prepares its data (skipped when done) and trains
+the tokenizer on labelled transcripts; a student config (it has
+``teacher_dir``) reuses the teacher's data and tokenizer, reads soft labels
+by utterance ID and hears contaminated audio. Both then run ``EvalBrain`` on
+dev, clean, the noisy conditions written by the prepare stage, and any
+``--extra_test="{name: manifest.csv}"``.
 """
 
 import logging
@@ -16,38 +20,85 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
+from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import run_on_main
 
 from kd_brain.brain import TeacherBrain
 from kd_brain.data import prepare_corpus
-from kd_brain.dataio import make_dataset
+from kd_brain.dataio import contaminator_item, make_dataset, make_student_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
+from kd_brain.store import SoftLabelStore
+from kd_brain.student import StudentBrain
 from kd_brain.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
 
 logger = logging.getLogger(__name__)
+CONDITIONS = ("clean", "noisy_sim", "rerecorded")
 
 
 def prepare(hp):
-    """Manifests and tokenizer; each step is skipped when already done."""
+    """Manifests and tokenizer of a teacher config; each step is skipped when already done."""
     run_on_main(prepare_corpus, kwargs=dict(
         corpus_dir=hp["corpus_dir"], out_dir=hp["data_folder"], train_subdir=hp["train_subdir"],
         test_subdir=hp["test_subdir"], labelled_fraction=hp["labelled_fraction"],
         n_dev_speakers=hp["n_dev_speakers"], seed=hp["seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
         convert_audio=hp["convert_audio"]))
-    tok_dir = tokenizer_dir(hp)
-    run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tok_dir,
+    run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tokenizer_dir(hp),
                                        hp["vocab_size"], hp["token_type"]])
-    tokenizer = Tokenizer(os.path.join(tok_dir, "tokenizer.model"))
+    return load_tokenizer(hp)
+
+
+def load_tokenizer(hp):
+    tokenizer = Tokenizer(os.path.join(tokenizer_dir(hp), "tokenizer.model"))
     if tokenizer.vocab_size != hp["vocab_size"]:
         raise ValueError(f"vocab_size={hp['vocab_size']} but the tokenizer has {tokenizer.vocab_size} units")
     return tokenizer
 
 
-def condition_sets(hp, tokenizer, extra=()):
-    """Named test sets: ``dev`` and ``clean`` now; noisy ones join through the same path."""
-    paths = {"dev": os.path.join(hp["data_folder"], "dev.csv"),
-             "clean": os.path.join(hp["data_folder"], "test_clean.csv")}
-    paths.update(dict(extra))
+def load_saved_hparams(model_dir):
+    """The config a model was trained with (saved next to it by create_experiment_directory)."""
+    with open(os.path.join(model_dir, "hyperparams.yaml")) as f:
+        return load_hyperpyyaml(f)
+
+
+def init_from(hp):
+    """Loads model + normaliser from another model's best checkpoint, once (before any own checkpoint)."""
+    if not hp.get("init_from") or hp["checkpointer"].find_checkpoint() is not None:
+        return
+    src = os.path.join(hp["exp_folder"], hp["init_from"], "save")
+    ckpt = Checkpointer(src, recoverables={"model": hp["model"], "normalize": hp["normalize"]})
+    if ckpt.recover_if_possible(min_key="WER") is None:
+        raise FileNotFoundError(f"init_from={hp['init_from']}: no checkpoint with a dev WER in {src}")
+    logger.info("Initialised %s from the best checkpoint in %s", hp["model_name"], src)
+
+
+def student_data(hp, tokenizer, data_folder):
+    """Training and dev sets of a student config (soft labels and noise as the criterion needs)."""
+    criterion = hp["criterion"]
+    store = None
+    if criterion in ("frame", "sequence"):
+        store = SoftLabelStore(hp["store_dir"])
+        frame = hp["model"].frame_info()
+        store.check_compatible({"tokenizer_hash": tokenizer.hash, "vocab_size": frame["vocab_size"],
+                                "frame_shift_ms": frame["frame_shift_ms"], "subsampling": frame["subsampling"]})
+    contaminator = hp["contaminator"]() if hp["contaminate"] else None
+    manifests = [os.path.join(data_folder, f"{s}.csv") for s in hp["train_splits"]]
+    train = make_student_dataset(manifests, tokenizer, contaminator, store, nbest=criterion == "sequence")
+    valid = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
+    if contaminator is not None:  # dev hears the training noise pool, one fixed draw (epoch -1)
+        valid.add_dynamic_item(contaminator_item(contaminator))
+        valid.set_output_keys(["id", "sig", "noisy_sig", "wrd", "tokens"])
+    return train, valid
+
+
+def condition_sets(hp, tokenizer, data_folder):
+    """Named test sets: dev, clean and the noisy conditions that exist, then ``extra_test``."""
+    paths = {"dev": os.path.join(data_folder, "dev.csv")}
+    cond_dir = os.path.join(hp["exp_folder"], "conditions")
+    for name in CONDITIONS:
+        path = os.path.join(cond_dir, f"{name}.csv")
+        paths[name] = path if os.path.isfile(path) or name != "clean" else os.path.join(data_folder, "test_clean.csv")
+    paths = {k: v for k, v in paths.items() if os.path.isfile(v)}
+    paths.update(hp.get("extra_test") or {})
     return {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}
 
 
@@ -58,15 +109,26 @@ def main(argv):
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(hp["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
 
-    tokenizer = prepare(hp)
-    hp["tokenizer"] = tokenizer
-    train_set = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), tokenizer)
-    valid_set = make_dataset(os.path.join(hp["data_folder"], "dev.csv"), tokenizer, sort_key="duration")
+    is_student = "teacher_dir" in hp
+    if is_student:
+        thp = load_saved_hparams(hp["teacher_dir"])
+        data_folder, tokenizer = thp["data_folder"], load_tokenizer({**thp, "vocab_size": hp["vocab_size"]})
+        hp["tokenizer"] = tokenizer
+        train_set, valid_set = student_data(hp, tokenizer, data_folder)
+        init_from(hp)
+        hp["nbest_searcher"] = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
+                                                     beam_size=hp["beam_size"], topk=hp["mwer_nbest"])
+    else:
+        data_folder, tokenizer = hp["data_folder"], prepare(hp)
+        hp["tokenizer"] = tokenizer
+        train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer)
+        valid_set = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
+
     sampler = DynamicBatchSampler(train_set, max_batch_length=hp["batch_seconds"], num_buckets=hp["num_buckets"],
                                   length_func=lambda x: x["duration"], shuffle=True, seed=hp["seed"])
-
-    brain = TeacherBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
-                         run_opts=run_opts, checkpointer=hp["checkpointer"])
+    brain_class = StudentBrain if is_student else TeacherBrain
+    brain = brain_class(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
+                        run_opts=run_opts, checkpointer=hp["checkpointer"])
     brain.train_sampler = sampler  # so fit() calls set_epoch: a new batch order every epoch
     brain.fit(hp["epoch_counter"], train_set, valid_set,
               train_loader_kwargs={"batch_sampler": sampler, "num_workers": hp["num_workers"]},
@@ -75,7 +137,7 @@ def main(argv):
     hp["beam_searcher"] = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
                                                 beam_size=hp["beam_size"])
     evaluator = EvalBrain(modules=hp["modules"], hparams=hp, run_opts=run_opts, checkpointer=hp["checkpointer"])
-    scores = evaluate_conditions(evaluator, condition_sets(hp, tokenizer),
+    scores = evaluate_conditions(evaluator, condition_sets(hp, tokenizer, data_folder),
                                  loader_kwargs={"batch_size": hp["test_batch_size"]})
     if sb.utils.distributed.if_main_process():
         md = update_results(hp["exp_folder"], hp["model_name"], scores)

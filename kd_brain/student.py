@@ -1,0 +1,129 @@
+"""The student: noisy audio in, the teacher's soft labels (of the clean audio) as targets.
+
+``StudentBrain`` differs from the teacher in two places only:
+
+* ``input_signal``: the batch's audio contaminated on the fly (``noisy_sig``,
+  made in the dataloader by ``kd_brain.contamination.Contaminator`` from the
+  utterance ID and epoch), so every epoch hears new noise and rooms and the
+  audio stays sample-aligned with the clean copy the teacher labelled;
+* ``compute_objectives``: the criterion named by ``hparams.criterion``,
+  looked up in ``hparams.criteria`` (``frame``, ``sequence``, ``mwer``,
+  ``ctc``), optionally interpolated with CTC on labelled utterances.
+
+Targets come from the soft-label store by utterance ID, so shuffling,
+dynamic batching, DDP and mid-epoch resume need nothing special.
+"""
+
+import logging
+
+import speechbrain as sb
+import torch
+
+from kd_brain.brain import TeacherBrain
+from kd_brain.losses import ctc_per_utt, pad_token_lists, word_errors
+from kd_brain.tokenizer import BLANK_ID
+
+logger = logging.getLogger(__name__)
+
+
+class FrameMismatchError(RuntimeError):
+    """Student output frames and stored teacher frames disagree for an utterance."""
+
+
+def check_frames(ids, student_frames, teacher_frames, tolerance):
+    """Raises FrameMismatchError naming the first utterance off by more than ``tolerance``.
+
+    Example
+    -------
+    >>> check_frames(["a", "b"], [10, 12], [10, 12], tolerance=0)
+    >>> check_frames(["a", "b"], [10, 12], [10, 14], tolerance=1)
+    Traceback (most recent call last):
+    ...
+    kd_brain.student.FrameMismatchError: utterance b: student has 12 output frames, the stored teacher labels 14 (tolerance 1)
+    """
+    for u, s, t in zip(ids, student_frames, teacher_frames):
+        if abs(int(s) - int(t)) > tolerance:
+            raise FrameMismatchError(
+                f"utterance {u}: student has {int(s)} output frames, the stored teacher labels {int(t)} "
+                f"(tolerance {tolerance})")
+
+
+def abs_lengths(rel, max_len):
+    return torch.round(rel * max_len).long()
+
+
+class StudentBrain(TeacherBrain):
+    """Trains on contaminated audio with the criterion ``hparams.criterion``.
+
+    Reads ``batch.noisy_sig`` when ``hparams.contaminate`` is true; ``frame``
+    needs ``batch.kd_idx`` / ``batch.kd_logp``; ``sequence`` needs
+    ``batch.kd_nbest``; ``mwer`` and CTC interpolation need ``batch.tokens``
+    (empty for unlabelled utterances) and ``batch.wrd``. Validation (dev WER,
+    checkpoints, curve) is the teacher's.
+    """
+
+    def input_signal(self, batch, stage):
+        if getattr(self.hparams, "contaminate", False):
+            return batch.noisy_sig
+        return batch.sig
+
+    def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
+        contaminator = getattr(self.hparams, "contaminator", None)
+        if contaminator is not None:
+            # Workers are forked when the epoch's loader starts, after this: they see the epoch.
+            # Validation always hears the same noise (epoch -1), so dev WER is comparable across epochs.
+            contaminator.set_epoch(epoch if stage == sb.Stage.TRAIN else -1)
+
+    def compute_objectives(self, predictions, batch, stage):
+        if stage != sb.Stage.TRAIN:
+            return super().compute_objectives(predictions, batch, stage)  # CTC + dev WER
+        log_probs, lens = predictions
+        name = self.hparams.criterion
+        if name not in self.hparams.criteria:
+            raise ValueError(f"criterion={name!r}: choose one of {sorted(self.hparams.criteria)}")
+        loss = getattr(self, f"_loss_{name}")(self.hparams.criteria[name], log_probs, lens, batch)
+        weight = getattr(self.hparams, "ctc_weight", 0.0)
+        if weight > 0 and name not in ("ctc", "mwer"):
+            loss = loss + weight * self._labelled_ctc(log_probs, lens, batch)
+        return loss
+
+    def _loss_frame(self, criterion, log_probs, lens, batch):
+        idx, t_lens = batch.kd_idx
+        logp, _ = batch.kd_logp
+        s_frames = abs_lengths(lens, log_probs.shape[1])
+        t_frames = abs_lengths(t_lens, idx.shape[1])
+        check_frames(batch.id, s_frames, t_frames, self.hparams.frame_tolerance)
+        T = min(log_probs.shape[1], idx.shape[1])
+        # frames valid for both: the shorter of the two lengths, as a fraction of T
+        common = torch.minimum(s_frames, t_frames).clamp(max=T).float() / T
+        return criterion(log_probs[:, :T], common, idx[:, :T].long(), logp[:, :T].float())
+
+    def _loss_sequence(self, criterion, log_probs, lens, batch):
+        return criterion(log_probs, lens, batch.kd_nbest)
+
+    def _loss_ctc(self, criterion, log_probs, lens, batch):
+        tokens, token_lens = batch.tokens
+        return sb.nnet.losses.ctc_loss(log_probs, tokens, lens, token_lens, blank_index=BLANK_ID)
+
+    def _loss_mwer(self, criterion, log_probs, lens, batch):
+        tokenizer = self.hparams.tokenizer
+        with torch.no_grad():
+            beams = self.hparams.nbest_searcher(log_probs.detach(), lens)
+        hyp_tokens, hyp_errors = [], []
+        for utt_beams, ref in zip(beams, batch.wrd):
+            hyps = list(dict.fromkeys(h.text for h in utt_beams))  # distinct texts, best first
+            hyp_tokens.append([tokenizer.encode(h) for h in hyps])
+            hyp_errors.append([word_errors(ref.split(), h.split()) for h in hyps])
+        tokens, token_lens = batch.tokens
+        return criterion(log_probs, lens, hyp_tokens, hyp_errors, tokens, token_lens)
+
+    def _labelled_ctc(self, log_probs, lens, batch):
+        """CTC on the utterances that have transcripts (labelled), averaged over them."""
+        tokens, token_lens = batch.tokens
+        n_tok = abs_lengths(token_lens, tokens.shape[1])
+        has = n_tok > 0
+        if not has.any():
+            return log_probs.sum() * 0.0
+        nll = ctc_per_utt(log_probs[has], lens[has], tokens[has], n_tok[has])
+        return (nll / n_tok[has].clamp_min(1)).mean()

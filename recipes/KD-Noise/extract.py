@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Writes the teacher's top-k soft labels for labelled + unlabelled audio.
+
+    python recipes/KD-Noise/extract.py hparams/extract.yaml [--key=value ...]
+    torchrun --nproc_per_node=2 recipes/KD-Noise/extract.py hparams/extract.yaml --distributed_backend=gloo
+
+Resumable: utterances already stored are skipped; a complete store is left alone.
+"""
+
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
+
+from kd_brain.dataio import make_dataset
+from kd_brain.extract import ExtractBrain, extract, store_meta
+from kd_brain.store import SoftLabelWriter, merge_index
+from kd_brain.tokenizer import Tokenizer, tokenizer_dir
+
+
+def load_teacher(teacher_dir):
+    """The teacher's saved config (overrides included) and its best checkpoint's model file."""
+    with open(os.path.join(teacher_dir, "hyperparams.yaml")) as f:
+        thp = load_hyperpyyaml(f)
+    best = thp["checkpointer"].find_checkpoint(min_key="WER")
+    if best is None:
+        raise FileNotFoundError(f"{teacher_dir}/save: no checkpoint with a dev WER; train the teacher first")
+    return thp, best.paramfiles["model"]
+
+
+def main(argv):
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file) as f:
+        hp = load_hyperpyyaml(f, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    thp, model_file = load_teacher(hp["teacher_dir"])
+    tokenizer = Tokenizer(os.path.join(tokenizer_dir(thp), "tokenizer.model"))
+    manifests = [os.path.join(thp["data_folder"], f"{s}.csv") for s in hp["splits"]]
+    meta = store_meta(thp["model"], tokenizer, model_file, manifests)
+
+    thp.update(tokenizer=tokenizer, nbest=hp["nbest"],
+               beam_searcher=CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
+                                                   beam_size=hp["beam_size"], topk=max(1, hp["nbest"])))
+    brain = ExtractBrain(modules=thp["modules"], hparams=thp, run_opts=run_opts, checkpointer=thp["checkpointer"])
+    writer = SoftLabelWriter(hp["output_folder"], k=hp["k"], vocab_size=thp["model"].vocab_size,
+                             meta=meta, rank=rank, quant_step=hp["quant_step"])
+    with writer:
+        for manifest in manifests:
+            n = extract(brain, make_dataset(manifest), writer, hp["batch_size"], rank, world)
+            print(f"rank {rank}: {manifest}: {n} utterances extracted")
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        print(f"{hp['output_folder']}: {merge_index(hp['output_folder'])} utterances in the store")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

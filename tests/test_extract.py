@@ -1,0 +1,74 @@
+"""Extraction: every utterance stored with the model's frame count, rerun is a no-op, ranks agree."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+
+from kd_brain.data import read_csv
+from kd_brain.store import IncompatibleStoreError, SoftLabelStore
+from tests.conftest import REPO, load_recipe
+
+ARGS = ["--noprogressbar", "--nbest=2", "--beam_size=2"]
+
+
+def run_extract(exp, out, k=5):
+    return load_recipe("extract").main([str(REPO / "hparams" / "extract.yaml"), f"--exp_folder={exp}",
+                                        f"--output_folder={out}", f"--k={k}", *ARGS])
+
+
+@pytest.fixture(scope="module")
+def store_dir(tiny_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("softlabels")
+    run_extract(tiny_teacher, out)
+    return out
+
+
+def test_every_utterance_stored_with_model_frame_count(tiny_teacher, store_dir):
+    store = SoftLabelStore(str(store_dir))
+    rows = read_csv(tiny_teacher / "data" / "labelled.csv") + read_csv(tiny_teacher / "data" / "unlabelled.csv")
+    assert sorted(store) == sorted(r["ID"] for r in rows)
+    thp, _ = load_recipe("extract").load_teacher(str(tiny_teacher / "teacher"))
+    for r in rows:
+        labels = store[r["ID"]]
+        assert labels.indices.shape == labels.log_probs.shape
+        assert labels.indices.shape == (thp["model"].output_frames(sf.info(r["wav"]).frames), 5)
+        assert torch.all(labels.log_probs[:, :-1] >= labels.log_probs[:, 1:])  # sorted, best first
+        assert 1 <= len(store.nbest(r["ID"])) <= 2
+    meta = store.meta
+    assert meta["k"] == 5 and meta["frame_shift_ms"] == 40.0 and meta["subsampling"] == 4
+    assert meta["tokenizer_hash"] and meta["teacher_checkpoint_hash"] and meta["manifest_hash"]
+
+
+def test_rerun_over_complete_store_does_nothing(tiny_teacher, store_dir):
+    before = {p: os.path.getmtime(store_dir / p) for p in os.listdir(store_dir)}
+    run_extract(tiny_teacher, store_dir)
+    assert {p: os.path.getmtime(store_dir / p) for p in os.listdir(store_dir)} == before
+
+
+def test_mismatched_teacher_refused(tiny_teacher, store_dir):
+    with pytest.raises(IncompatibleStoreError, match="k"):
+        run_extract(tiny_teacher, store_dir, k=4)
+    store = SoftLabelStore(str(store_dir))
+    with pytest.raises(IncompatibleStoreError, match="tokenizer_hash"):
+        store.check_compatible({"tokenizer_hash": "0000"})
+
+
+def test_two_ranks_write_the_same_records_as_one(tiny_teacher, store_dir, tmp_path):
+    out = tmp_path / "two_ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(REPO / "recipes" / "KD-Noise" / "extract.py"), str(REPO / "hparams" / "extract.yaml"),
+           f"--exp_folder={tiny_teacher}", f"--output_folder={out}", "--distributed_backend=gloo", "--k=5", *ARGS]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
+    one, two = SoftLabelStore(str(store_dir)), SoftLabelStore(str(out))
+    assert sorted(one) == sorted(two)
+    assert len({f for f in os.listdir(out) if f.startswith("shard-r0001")}) == 1
+    for u in one:
+        assert torch.equal(one[u].indices, two[u].indices), u
+        assert torch.equal(one[u].log_probs, two[u].log_probs), u
+        # N-best scores are float64 sums over frames: their last bits follow the thread count
+        assert [t for t, _ in one.nbest(u)] == [t for t, _ in two.nbest(u)], u
+        assert [s for _, s in one.nbest(u)] == pytest.approx([s for _, s in two.nbest(u)], rel=1e-6), u

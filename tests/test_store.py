@@ -1,0 +1,217 @@
+"""Tests of the soft-label store (kd_brain.store)."""
+
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kd_brain.store import (
+    CorruptStoreError, IncompatibleStoreError, SoftLabelStore, SoftLabelWriter,
+    merge_index, quant_bound, stored_ids, temper,
+)
+
+V, K, STEP = 60, 8, 0.1
+META = {"tokenizer_hash": "abc", "frame_shift_ms": 10, "subsampling": 4}
+
+
+def peaky(seed, frames):
+    """Blank-dominated logits with a few spread frames."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, V, generator=g) * 2
+    x[:, 0] += 10 * (torch.rand(frames, generator=g) < 0.8)
+    return x
+
+
+UTTS = {f"u{i:03d}": peaky(i, 5 + 7 * i % 40) for i in range(30)}
+NBEST = {"u001": [([3, 4, 5], -1.5), ([3, 4], -2.25)], "u002": [([], -9.0)]}
+
+
+def write(path, ids, rank=0, max_shard_bytes=2000):
+    with SoftLabelWriter(path, K, V, META, rank=rank, max_shard_bytes=max_shard_bytes) as w:
+        for uid in ids:
+            if uid not in w:
+                w.add(uid, UTTS[uid], nbest=NBEST.get(uid))
+    return path
+
+
+def shard_bytes(path):
+    return {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))}
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = write(str(tmp_path / "s"), UTTS)
+    merge_index(path)
+    return SoftLabelStore(path)
+
+
+def test_round_trip(store):
+    assert len(store) == len(UTTS) and set(store) == set(UTTS)
+    assert "u000" in store and "nope" not in store
+    for uid, x in UTTS.items():
+        exact = x.log_softmax(-1).topk(K, dim=-1)
+        got = store[uid]
+        assert got.indices.dtype == torch.int64 and torch.equal(got.indices, exact.indices)
+        distance = (exact.values[:, :1] - exact.values).numpy()
+        bound = torch.from_numpy(quant_bound(distance, STEP)).float()
+        assert ((got.log_probs - exact.values).abs() <= bound + 1e-5).all()  # documented bound
+        assert ((got.log_probs - exact.values).abs()[distance < 3.9] <= STEP / 2 + 1e-5).all()
+    assert store.nbest("u001") == NBEST["u001"] and store.nbest("u002") == NBEST["u002"]
+    assert store.nbest("u003") == []
+    with pytest.raises(KeyError, match="nope"):
+        store["nope"]
+    assert store.stats()["frames"] == sum(len(x) for x in UTTS.values())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_temperature_matches_tempered_softmax(store, temperature):
+    x = UTTS["u005"]
+    exact = x.topk(K, dim=-1)  # top-k of the logits
+    want = torch.softmax(x / temperature, -1).gather(1, exact.indices)
+    want = want / want.sum(-1, keepdim=True)
+    assert torch.allclose(temper(x.log_softmax(-1).gather(1, exact.indices), temperature), want, atol=1e-6)
+    idx, probs = store.distribution("u005", temperature)
+    assert torch.equal(idx, exact.indices)
+    kl = (want * (want.log() - probs.log())).sum(-1)
+    logp = x.log_softmax(-1).gather(1, exact.indices)
+    err_range = 2 * torch.from_numpy(quant_bound((logp[:, :1] - logp).numpy(), STEP)).amax(-1)
+    assert (kl <= (err_range / temperature) ** 2 / 8 + 1e-6).all()  # Hoeffding's lemma
+
+
+class FramesDataset(torch.utils.data.Dataset):
+    def __init__(self, store):
+        self.store, self.ids = store, sorted(store)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return self.store[self.ids[i]].indices.shape[0]
+
+
+def test_pickle_and_workers(store):
+    store["u007"]  # handles opened in the parent must not leak into workers
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._state is None and torch.equal(clone["u007"].indices, store["u007"].indices)
+    loader = torch.utils.data.DataLoader(FramesDataset(store), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", timeout=30)
+    assert sorted(loader) == sorted(len(x) for x in UTTS.values())
+
+
+def test_metadata_mismatch_refused(store, tmp_path):
+    store.check_compatible({"tokenizer_hash": "abc", "k": K})
+    with pytest.raises(IncompatibleStoreError, match="tokenizer_hash.*expected 'xyz'.*found 'abc'"):
+        store.check_compatible({"tokenizer_hash": "xyz"})
+    with pytest.raises(IncompatibleStoreError, match="frame_shift_ms"):
+        store.check_compatible({"frame_shift_ms": 20})
+    with pytest.raises(IncompatibleStoreError, match="tokenizer_hash"):
+        SoftLabelWriter(store.store_dir, K, V, dict(META, tokenizer_hash="other"))
+
+
+def test_nonfinite_refused_with_utterance_id(tmp_path):
+    w = SoftLabelWriter(str(tmp_path), K, V, META)
+    for bad in (float("nan"), float("inf")):
+        x = UTTS["u001"].clone()
+        x[2, 5] = bad
+        with pytest.raises(ValueError, match="uttBAD.*NaN or infinite"):
+            w.add("uttBAD", x)
+    w.close()
+    assert stored_ids(str(tmp_path)) == set()
+
+
+def _killed_writer(path, kill_after):
+    ids = list(UTTS)
+    with SoftLabelWriter(path, K, V, META, max_shard_bytes=2000) as w:
+        for n, uid in enumerate(ids):
+            if n == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all
+            w.add(uid, UTTS[uid], nbest=NBEST.get(uid))
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    ref = write(str(tmp_path / "ref"), UTTS)
+    path = str(tmp_path / "resumed")
+    # a fresh interpreter: forking after torch ran ops can deadlock its thread pool
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); " \
+        f"import test_store; test_store._killed_writer({path!r}, 17)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    names = os.listdir(path)
+    assert any(n.endswith(".tmp") for n in names) and any(n.endswith(".kds") for n in names)
+    assert 0 < len(stored_ids(path)) < 17  # finalized shards only
+    write(path, UTTS)
+    assert shard_bytes(path) == shard_bytes(ref)  # byte-identical
+    merge_index(path), merge_index(ref)
+    before = shard_bytes(path)
+    write(path, UTTS)  # a second run over a complete store does nothing
+    merge_index(path)
+    assert shard_bytes(path) == before == shard_bytes(ref)
+
+
+def test_two_ranks_merge_like_one_writer(tmp_path):
+    one = write(str(tmp_path / "one"), UTTS)
+    two = str(tmp_path / "two")
+    ids = list(UTTS)
+    write(two, ids[0::2], rank=0)
+    write(two, ids[1::2], rank=1)
+    assert merge_index(one) == merge_index(two) == len(UTTS)
+    a, b = SoftLabelStore(one), SoftLabelStore(two)
+    for uid in ids:
+        assert torch.equal(a[uid].indices, b[uid].indices)
+        assert torch.equal(a[uid].log_probs, b[uid].log_probs)
+        assert a.nbest(uid) == b.nbest(uid)
+    assert SoftLabelWriter(two, K, V, META, rank=2).stored_ids == set(ids)
+
+
+def _mutate(rng, data):
+    data = bytearray(data)
+    kind = rng.randrange(4)
+    if kind == 0:
+        return bytes(data[: rng.randrange(len(data))])  # truncation
+    if kind == 1:
+        pos = rng.randrange(len(data) * 8)
+        data[pos // 8] ^= 1 << pos % 8  # one bit flip
+    elif kind == 2:
+        for _ in range(rng.randint(2, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    else:
+        start, n = rng.randrange(len(data)), rng.randint(1, 64)
+        data[start : start + n] = bytes(len(data[start : start + n]))  # zeroed run
+    return bytes(data)
+
+
+def test_fuzz_corruption_is_detected(tmp_path):
+    """Mutated shards/indexes either read back exactly or raise CorruptStoreError."""
+    src = write(str(tmp_path / "src"), list(UTTS)[:6], max_shard_bytes=1 << 20)
+    merge_index(src)
+    ref = SoftLabelStore(src)
+    truth = {uid: (ref[uid], ref.nbest(uid)) for uid in ref}
+    shard = next(n for n in os.listdir(src) if n.endswith(".kds"))
+    rng, detected = random.Random(0), 0
+    for trial in range(2000):
+        path = str(tmp_path / "m")
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(src, path)
+        target = os.path.join(path, [shard, "index.kdi"][trial % 2])
+        data = open(target, "rb").read()
+        with open(target, "wb") as f:
+            f.write(_mutate(rng, data))
+        try:
+            if trial % 4 == 0:  # rebuild the index from the mutated shard
+                merge_index(path)
+            store = SoftLabelStore(path)
+            for uid, (labels, nbest) in truth.items():
+                got = store[uid]
+                assert torch.equal(got.indices, labels.indices), (trial, uid)
+                assert torch.equal(got.log_probs, labels.log_probs), (trial, uid)
+                assert store.nbest(uid) == nbest
+        except CorruptStoreError:
+            detected += 1
+    assert detected > 1000
