@@ -72,8 +72,9 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None):
 def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nbest=False):
     """Training set for the student: several manifests, transcripts where they exist.
 
-    Rows of manifests without a ``wrd`` column (the unlabelled pool) get empty
-    ``tokens``: the transcripts kept aside for evaluation are never opened.
+    Rows of manifests without a ``wrd`` column (the unlabelled pool) get
+    ``labelled`` False and a placeholder token: the transcripts kept aside
+    for evaluation are never opened.
     Adds ``noisy_sig`` (``contaminator(sig, utt_id)``; the epoch is the
     contaminator's), ``kd_idx`` / ``kd_logp`` (top-k of the soft-label store)
     and ``kd_nbest`` (the teacher's N-best as (token ids, score) pairs).
@@ -98,7 +99,7 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
                 raise CorpusError(f"{path}: utterance {row['ID']} is also in another training manifest")
             data[row["ID"]] = {"wav": row["wav"], "duration": float(row["duration"]), "wrd": row.get("wrd", "")}
     ds = sb.dataio.dataset.DynamicItemDataset(data)
-    keys = ["id", "sig", "wrd", "tokens"]
+    keys = ["id", "sig", "wrd", "tokens", "labelled"]
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
@@ -106,9 +107,11 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
         return read_audio(wav)
 
     @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("tokens")
+    @sb.utils.data_pipeline.provides("tokens", "labelled")
     def text_pipeline(wrd):
-        return torch.LongTensor(tokenizer.encode(wrd) if wrd else [])
+        # an unlabelled row gets one placeholder token (a batch of empty tensors cannot be padded)
+        yield torch.LongTensor(tokenizer.encode(wrd) if wrd else [0])
+        yield torch.tensor([bool(wrd)])
 
     ds.add_dynamic_item(audio_pipeline)
     ds.add_dynamic_item(text_pipeline)

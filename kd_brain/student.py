@@ -57,8 +57,8 @@ class StudentBrain(TeacherBrain):
 
     Reads ``batch.noisy_sig`` when ``hparams.contaminate`` is true; ``frame``
     needs ``batch.kd_idx`` / ``batch.kd_logp``; ``sequence`` needs
-    ``batch.kd_nbest``; ``mwer`` and CTC interpolation need ``batch.tokens``
-    (empty for unlabelled utterances) and ``batch.wrd``. Validation (dev WER,
+    ``batch.kd_nbest``; ``mwer`` and CTC interpolation need ``batch.tokens``,
+    ``batch.labelled`` and ``batch.wrd``. Validation (dev WER,
     checkpoints, curve) is the teacher's.
     """
 
@@ -122,7 +122,7 @@ class StudentBrain(TeacherBrain):
         """CTC on the utterances that have transcripts (labelled), averaged over them."""
         tokens, token_lens = batch.tokens
         n_tok = abs_lengths(token_lens, tokens.shape[1])
-        has = n_tok > 0
+        has = batch.labelled.data[:, 0].bool()
         if not has.any():
             return log_probs.sum() * 0.0
         nll = ctc_per_utt(log_probs[has], lens[has], tokens[has], n_tok[has])

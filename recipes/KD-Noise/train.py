@@ -81,6 +81,7 @@ def student_data(hp, tokenizer, data_folder):
         store.check_compatible({"tokenizer_hash": tokenizer.hash, "vocab_size": frame["vocab_size"],
                                 "frame_shift_ms": frame["frame_shift_ms"], "subsampling": frame["subsampling"]})
     contaminator = hp["contaminator"]() if hp["contaminate"] else None
+    hp["contaminator"] = contaminator  # the built one: the Brain sets its epoch
     manifests = [os.path.join(data_folder, f"{s}.csv") for s in hp["train_splits"]]
     train = make_student_dataset(manifests, tokenizer, contaminator, store, nbest=criterion == "sequence")
     valid = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")

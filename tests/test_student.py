@@ -1,0 +1,87 @@
+"""Student: frame-count checks, a short run learns, the criterion is one command-line key."""
+
+import csv
+import types
+
+import pytest
+import speechbrain as sb
+import torch
+
+from kd_brain.rooms import simulate_room_bank
+from kd_brain.student import FrameMismatchError, StudentBrain
+from tests.conftest import REPO, TINY_OVERRIDES, load_recipe
+
+MODEL_KEYS = ["d_model", "num_layers", "nhead", "d_ffn", "frontend_channels", "n_mels", "vocab_size",
+              "beam_size", "num_workers", "test_batch_size", "batch_seconds", "num_buckets"]
+
+
+@pytest.fixture(scope="module")
+def kd_exp(tiny_teacher):
+    """The tiny teacher's folder with a soft-label store and a small room bank."""
+    load_recipe("extract").main([str(REPO / "hparams" / "extract.yaml"), f"--exp_folder={tiny_teacher}",
+                                 "--noprogressbar", "--k=5", "--nbest=2", "--beam_size=2"])
+    simulate_room_bank(str(tiny_teacher / "rooms.pt"), n_rooms=6, n_test_rooms=2, num_workers=1)
+    return tiny_teacher
+
+
+def student_argv(exp, *extra):
+    tiny = [f"--{k}={TINY_OVERRIDES[k]}" for k in MODEL_KEYS]
+    return [str(REPO / "hparams" / "student.yaml"), f"--exp_folder={exp}", "--noprogressbar", "--k=5",
+            "--mwer_nbest=2", *tiny, *extra]
+
+
+def curve(exp, model):
+    with open(exp / model / "curve.csv") as f:
+        return [float(r["train_loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("criterion", ["frame", "sequence"])
+def test_criterion_switch_from_command_line(kd_exp, criterion):
+    name = f"st_{criterion}"
+    scores = load_recipe("train").main(student_argv(kd_exp, f"--criterion={criterion}", f"--model_name={name}",
+                                                    "--number_of_epochs=1"))
+    saved = (kd_exp / name / "hyperparams.yaml").read_text()
+    assert f"criterion: {criterion}" in saved
+    assert len(curve(kd_exp, name)) == 1 and scores["clean"]["n_utts"] == 12
+    # the two criteria are different numbers on the same model, data and seed
+    if criterion == "sequence":
+        assert curve(kd_exp, "st_sequence")[0] != pytest.approx(curve(kd_exp, "st_frame")[0], rel=1e-3)
+
+
+def test_unknown_criterion_refused(kd_exp):
+    with pytest.raises(ValueError, match="criterion='bogus': choose one of"):
+        load_recipe("train").main(student_argv(kd_exp, "--criterion=bogus", "--model_name=st_bogus",
+                                               "--number_of_epochs=1"))
+
+
+def test_student_frame_kd_loss_decreases(kd_exp):
+    train = load_recipe("train")
+    hparams_file, run_opts, overrides = sb.parse_arguments(student_argv(kd_exp, "--model_name=st_steps",
+                                                                        "--lr=0.003", "--warmup_steps=1"))
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(hparams_file) as f:
+        hp = load_hyperpyyaml(f, overrides)
+    thp = train.load_saved_hparams(hp["teacher_dir"])
+    hp["tokenizer"] = tok = train.load_tokenizer(thp)
+    train_set, _ = train.student_data(hp, tok, thp["data_folder"])
+    brain = StudentBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
+                         run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=None)
+    batch = next(iter(sb.dataio.dataloader.make_dataloader(train_set, batch_size=8)))
+    assert batch.noisy_sig.data.shape == batch.sig.data.shape  # contaminated copy, same length
+    assert not torch.equal(batch.noisy_sig.data, batch.sig.data)
+    brain.on_fit_start()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    losses = [brain.fit_batch(batch).item() for _ in range(20)]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_frame_count_mismatch_names_the_utterance():
+    brain = StudentBrain.__new__(StudentBrain)
+    brain.hparams = types.SimpleNamespace(frame_tolerance=0)
+    idx = torch.zeros(2, 10, 3, dtype=torch.long)
+    batch = types.SimpleNamespace(id=["u1", "u2"], kd_idx=(idx, torch.tensor([1.0, 0.9])),
+                                  kd_logp=(torch.zeros(2, 10, 3), torch.tensor([1.0, 0.9])))
+    log_probs = torch.zeros(2, 10, 30).log_softmax(-1)
+    with pytest.raises(FrameMismatchError, match="utterance u2: student has 8 output frames, the stored teacher labels 9"):
+        brain._loss_frame(None, log_probs, torch.tensor([1.0, 0.8]), batch)
