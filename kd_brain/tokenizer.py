@@ -61,7 +61,7 @@ def tokenizer_dir(hp):
     return os.path.join(hp["data_folder"], f"tokenizer_{hp['token_type']}{hp['vocab_size']}")
 
 
-def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", character_coverage=1.0):
+def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alphabet=None, character_coverage=1.0):
     """Trains (or reuses) a sentencepiece model on the ``wrd`` column of ``labelled_csv``.
 
     Refuses a manifest without a ``wrd`` column (the unlabelled pool has none),
@@ -78,11 +78,16 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", cha
         Number of units, CTC blank included.
     model_type : str
         "unigram", "bpe" or "char".
+    alphabet : str, optional
+        Characters that are units whether or not the labelled text has them,
+        so the output size does not depend on the data (e.g. a small corpus
+        without a "Q").
     """
     rows = read_csv(labelled_csv)
     if not rows or "wrd" not in rows[0]:
         raise CorpusError(f"{labelled_csv}: no 'wrd' column; the tokenizer trains on labelled transcripts only")
     options = {"manifest": os.path.abspath(labelled_csv), "vocab_size": vocab_size, "model_type": model_type,
+               "alphabet": alphabet,
                "n_utts": len(rows), "text_hash": hashlib.sha1("\n".join(r["wrd"] for r in rows).encode()).hexdigest()}
     prefix = os.path.join(out_dir, "tokenizer")
     info = prefix + ".json"
@@ -98,7 +103,7 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", cha
     spm.SentencePieceTrainer.train(
         input=text_file, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
         character_coverage=character_coverage, pad_id=BLANK_ID, pad_piece="<blank>", unk_id=1,
-        bos_id=-1, eos_id=-1, minloglevel=2,
+        bos_id=-1, eos_id=-1, minloglevel=2, user_defined_symbols=list(alphabet or []),
     )
     with open(info, "w") as f:
         json.dump(options, f, indent=1)

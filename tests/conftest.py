@@ -52,7 +52,7 @@ def tiny_prepared(tiny_corpus, tmp_path_factory):
 # Overrides that shrink the CPU teacher config to seconds.
 TINY_OVERRIDES = {
     "d_model": 32, "num_layers": 1, "nhead": 2, "d_ffn": 64, "frontend_channels": 4, "n_mels": 40,
-    "vocab_size": 40, "token_type": "unigram", "batch_seconds": 20, "num_buckets": 2, "num_workers": 0,
+    "vocab_size": 30, "token_type": "char", "batch_seconds": 20, "num_buckets": 2, "num_workers": 0,
     "labelled_fraction": 0.5, "n_dev_speakers": 2, "prep_workers": 1, "beam_size": 2, "test_batch_size": 4,
     "ckpt_interval_minutes": 0, "warmup_steps": 5,
 }

@@ -9,12 +9,13 @@ or forked by hand): corpus, prepare, teacher, teacher_seq, extract, student,
 student_seq, report. A finished stage leaves ``<exp>/stages/<name>.done`` and
 is skipped next time; an interrupted one resumes from its own checkpoints.
 ``--stages a b`` runs only those (done or not); extra ``--key=value`` go to
-every training stage.
+every preparation and training stage whose YAML has that key.
 """
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,13 +50,25 @@ def stages(corpus, hours, exp):
     ]
 
 
+def yaml_keys(path):
+    """Top-level keys of a YAML file (HyperPyYAML tags need no parsing for this)."""
+    with open(os.path.join(REPO, path)) as f:
+        return set(re.findall(r"^([A-Za-z_]\w*):", f.read(), flags=re.M))
+
+
+def overrides_for(argv, extra):
+    """The ``--key=value`` of ``extra`` whose key the stage's YAML has; run options (no '=') always."""
+    keys = yaml_keys(next(a for a in argv if a.endswith(".yaml")))
+    return [e for e in extra if "=" not in e or e[2:].split("=", 1)[0] in keys]
+
+
 def run_stage(exp, name, argv, extra, force):
     done = os.path.join(REPO, exp, "stages", f"{name}.done")
     if os.path.isfile(done) and not force:
         print(f"=== stage {name}: done earlier, skipped (delete {os.path.relpath(done, REPO)} to redo)", flush=True)
         return
     if argv[0].endswith(("train.py", "prepare.py")):
-        argv = argv + extra
+        argv = argv + overrides_for(argv, extra)
     print(f"\n=== stage {name}: python {' '.join(argv)}", flush=True)
     t0 = time.time()
     subprocess.run([sys.executable] + argv, cwd=REPO, check=True)
@@ -66,7 +79,7 @@ def run_stage(exp, name, argv, extra, force):
     print(f"=== stage {name} done in {seconds} s", flush=True)
 
 
-def report(exp):
+def report(exp, order):
     """Prints and writes the paper's table and its bar chart."""
     sys.path.insert(0, REPO)
     from kd_brain.report import bar_chart, load_results, paper_table
@@ -75,9 +88,11 @@ def report(exp):
     conds = [c for c in CONDITIONS if any(c in r for r in results.values())]
     table = paper_table(results, MODELS, conds, reference="teacher_seq")
     times = {}
-    for name in sorted(os.listdir(os.path.join(REPO, exp, "stages"))):
-        with open(os.path.join(REPO, exp, "stages", name)) as f:
-            times[name[:-5]] = json.load(f)["seconds"]
+    for name in order:
+        path = os.path.join(REPO, exp, "stages", f"{name}.done")
+        if os.path.isfile(path):
+            with open(path) as f:
+                times[name] = json.load(f)["seconds"]
     with open(os.path.join(REPO, exp, "paper_table.md"), "w") as f:
         f.write(table + f"\nStage wall times (s): {json.dumps(times)}\n")
     bar_chart(results, MODELS, conds, os.path.join(REPO, exp, "paper_table.png"))
@@ -99,7 +114,7 @@ def main():
     for name, argv in plan:
         if not args.stages or name in args.stages:
             run_stage(exp, name, argv, extra, force=bool(args.stages))
-    report(exp)
+    report(exp, [name for name, _ in plan])
 
 
 if __name__ == "__main__":

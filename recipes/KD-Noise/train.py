@@ -43,7 +43,7 @@ def prepare(hp):
         n_dev_speakers=hp["n_dev_speakers"], seed=hp["seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
         convert_audio=hp["convert_audio"]))
     run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tokenizer_dir(hp),
-                                       hp["vocab_size"], hp["token_type"]])
+                                       hp["vocab_size"], hp["token_type"], hp["token_alphabet"]])
     return load_tokenizer(hp)
 
 
@@ -113,6 +113,7 @@ def main(argv):
     is_student = "teacher_dir" in hp
     if is_student:
         thp = load_saved_hparams(hp["teacher_dir"])
+        sb.utils.seed.seed_everything(hp["seed"])  # loading the teacher's config re-seeded with its seed
         data_folder, tokenizer = thp["data_folder"], load_tokenizer({**thp, "vocab_size": hp["vocab_size"]})
         hp["tokenizer"] = tokenizer
         train_set, valid_set = student_data(hp, tokenizer, data_folder)
