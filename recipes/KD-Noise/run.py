@@ -26,8 +26,9 @@ R = "recipes/KD-Noise"
 MODELS = ["teacher", "teacher_seq", "student", "student_seq"]
 CONDITIONS = ["clean", "noisy_sim", "rerecorded"]
 TEACHER_SEQ = ["--criterion=mwer", "--model_name=teacher_seq", "--init_from=teacher",
-               "--train_splits=[labelled]", "--contaminate=False"]
-STUDENT_SEQ = ["--criterion=mwer", "--model_name=student_seq", "--init_from=student", "--train_splits=[labelled]"]
+               "--train_splits=[labelled]", "--contaminate=False", "--number_of_epochs=1"]
+STUDENT_SEQ = ["--criterion=mwer", "--model_name=student_seq", "--init_from=student", "--train_splits=[labelled]",
+               "--number_of_epochs=1"]
 
 
 def stages(corpus, hours, exp):
@@ -62,13 +63,19 @@ def overrides_for(argv, extra):
     return [e for e in extra if "=" not in e or e[2:].split("=", 1)[0] in keys]
 
 
+def merge(argv, extra):
+    """argv + extra, where an extra ``--key=value`` replaces the stage's own setting of that key."""
+    keys = {e.split("=", 1)[0] for e in extra if "=" in e}
+    return [a for a in argv if a.split("=", 1)[0] not in keys] + extra
+
+
 def run_stage(exp, name, argv, extra, force):
     done = os.path.join(REPO, exp, "stages", f"{name}.done")
     if os.path.isfile(done) and not force:
         print(f"=== stage {name}: done earlier, skipped (delete {os.path.relpath(done, REPO)} to redo)", flush=True)
         return
     if argv[0].endswith(("train.py", "prepare.py")):
-        argv = argv + overrides_for(argv, extra)
+        argv = merge(argv, overrides_for(argv, extra))
     print(f"\n=== stage {name}: python {' '.join(argv)}", flush=True)
     t0 = time.time()
     subprocess.run([sys.executable] + argv, cwd=REPO, check=True)
