@@ -110,7 +110,8 @@ class TeacherBrain(CTCBrain):
 
     def on_fit_start(self):
         super().on_fit_start()  # loads the latest checkpoint, clock included
-        self.hparams.wall_clock.start() if self.hparams.wall_clock.t0 is None else None
+        if self.hparams.wall_clock.t0 is None:  # a fresh run; a resumed clock is already running
+            self.hparams.wall_clock.start()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if should_step and getattr(self.hparams, "lr_scheduler", None) is not None:

@@ -94,3 +94,14 @@ def test_recipe_end_to_end_then_resume(tiny_corpus, tmp_path):
     with open(out / "curve.csv") as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
     assert epochs == [1, 2, 3]
+
+
+def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path):
+    hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"))
+    before = [p.clone() for p in hp["model"].parameters()]
+    load_recipe("train").init_from(hp)
+    best = hp["checkpointer"].__class__(str(tiny_teacher / "teacher" / "save")).find_checkpoint(min_key="WER")
+    saved = torch.load(best.paramfiles["model"], map_location="cpu")
+    loaded = hp["model"].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert any(not torch.equal(a, b) for a, b in zip(before, hp["model"].parameters()))

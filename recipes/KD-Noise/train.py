@@ -61,10 +61,15 @@ def load_saved_hparams(model_dir):
 
 
 def init_from(hp):
-    """Loads model + normaliser from another model's best checkpoint, once (before any own checkpoint)."""
+    """Loads model + normaliser from another model's best checkpoint, once (before any own checkpoint).
+
+    ``init_from`` is a model folder name in ``exp_folder`` (``teacher``), or a
+    path with a "/" (e.g. the synthetic-corpus teacher, to pretrain the bed's).
+    """
     if not hp.get("init_from") or hp["checkpointer"].find_checkpoint() is not None:
         return
-    src = os.path.join(hp["exp_folder"], hp["init_from"], "save")
+    folder = hp["init_from"] if "/" in hp["init_from"] else os.path.join(hp["exp_folder"], hp["init_from"])
+    src = os.path.join(folder, "save")
     ckpt = Checkpointer(src, recoverables={"model": hp["model"], "normalize": hp["normalize"]})
     if ckpt.recover_if_possible(min_key="WER") is None:
         raise FileNotFoundError(f"init_from={hp['init_from']}: no checkpoint with a dev WER in {src}")
@@ -123,6 +128,7 @@ def main(argv):
     else:
         data_folder, tokenizer = hp["data_folder"], prepare(hp)
         hp["tokenizer"] = tokenizer
+        init_from(hp)
         train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer)
         valid_set = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
 
