@@ -39,7 +39,10 @@ def stages(corpus, hours, exp):
             f"--noise_csv={exp}/corpus/noise/noise.csv", "--reserved_sources=[]"]
         first = [("corpus", [f"{R}/make_synthetic.py", "--out", f"{exp}/corpus", "--hours", str(hours)])]
     else:
-        teacher, noise, first = ["hparams/teacher_bed.yaml", f"--exp_folder={exp}"], [], []
+        # From scratch the bed teacher stays at the CTC plateau on 2 cores; it starts from the
+        # synthetic-corpus teacher of the main job (run that first).
+        teacher = ["hparams/teacher_bed.yaml", f"--exp_folder={exp}", "--init_from=exp/synthetic/teacher"]
+        noise, first = [], []
     student = ["hparams/student.yaml", f"--exp_folder={exp}"] + noise
     return first + [
         ("prepare", [f"{R}/prepare.py", teacher[0], "hparams/student.yaml"] + teacher[1:] + noise),
