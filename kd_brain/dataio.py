@@ -64,7 +64,7 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None):
     elif "wrd" in first:
         keys.append("wrd")
     ds.set_output_keys(keys)
-    if sort_key:
+    if sort_key and sort_key in first:  # e.g. an extra test manifest may have no duration column
         ds = ds.filtered_sorted(sort_key=sort_key)
     return ds
 

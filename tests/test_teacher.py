@@ -105,3 +105,17 @@ def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path
     loaded = hp["model"].state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
     assert any(not torch.equal(a, b) for a, b in zip(before, hp["model"].parameters()))
+
+
+def test_extra_test_manifest_scored_as_a_condition(tiny_teacher, tiny_corpus, tmp_path):
+    from kd_brain.data import read_csv, write_csv
+
+    rows = read_csv(tiny_teacher / "data" / "test_clean.csv")[:3]
+    extra = tmp_path / "mine.csv"
+    write_csv(str(extra), [{"ID": r["ID"], "wav": os.path.abspath(r["wav"]), "wrd": r["wrd"]} for r in rows],
+              ["ID", "wav", "wrd"])
+    scores = load_recipe("train").main([str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}",
+                                        f"--exp_folder={tiny_teacher}", "--noprogressbar",
+                                        f"--extra_test={{mine: {extra}}}"] + overrides_argv(number_of_epochs=1))
+    assert scores["mine"]["n_utts"] == 3 and "clean" in scores
+    assert (tiny_teacher / "teacher" / "wer_mine_beam.txt").is_file()
