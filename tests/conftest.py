@@ -10,6 +10,14 @@ SHARED = REPO.parent / "shared" / "data"
 SPEECH = SHARED / "speech" / "speechocean762"
 
 
+def write_rows(path, rows):
+    """A CSV with the first row's keys as header; returns the path as str."""
+    from kd_brain.data import write_csv
+
+    write_csv(str(path), rows, list(rows[0]))
+    return str(path)
+
+
 def write_kaldi_dir(path, utts):
     """utts: list of (utt_id, wav_path, spk, text)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -13,15 +13,9 @@ from kd_brain.conditions import FIELDS, PlaybackChain, write_conditions
 from kd_brain.contamination import Contaminator, NoisePool, split_noise_pool
 from kd_brain.rooms import MeasuredRIRs, RoomBank, simulate_room_bank
 
+from tests.conftest import write_rows as write_csv
+
 SR = 16000
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
 
 
 def read(path):

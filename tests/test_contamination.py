@@ -13,17 +13,11 @@ from speechbrain.lobes.features import Fbank
 from kd_brain.contamination import Contaminator, NoiseError, NoisePool, seed_for, split_noise_pool
 from kd_brain.rooms import MeasuredRIRs, RIRError, RoomBank, simulate_room_bank
 
+from tests.conftest import write_rows as write_csv
+
 SR = 16000
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = {"musicA": 6, "talkA": 5, "fillets-en": 2, "singularity": 2}
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
 
 
 def speechlike(n, seed=0):
