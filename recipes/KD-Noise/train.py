@@ -98,13 +98,12 @@ def student_data(hp, tokenizer, data_folder):
 
 def condition_sets(hp, tokenizer, data_folder):
     """Named test sets: dev, clean and the noisy conditions that exist, then ``extra_test``."""
-    paths = {"dev": os.path.join(data_folder, "dev.csv")}
-    cond_dir = os.path.join(hp["exp_folder"], "conditions")
-    for name in CONDITIONS:
-        path = os.path.join(cond_dir, f"{name}.csv")
-        paths[name] = path if os.path.isfile(path) or name != "clean" else os.path.join(data_folder, "test_clean.csv")
-    paths = {k: v for k, v in paths.items() if os.path.isfile(v)}
-    paths.update(hp.get("extra_test") or {})
+    paths = {"dev": os.path.join(data_folder, "dev.csv"), "clean": os.path.join(data_folder, "test_clean.csv")}
+    for name in CONDITIONS:  # written by the prepare stage (its clean.csv adds the audit columns)
+        path = os.path.join(hp["exp_folder"], "conditions", f"{name}.csv")
+        if os.path.isfile(path):
+            paths[name] = path
+    paths.update(hp["extra_test"] or {})
     return {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}
 
 
