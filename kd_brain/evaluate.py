@@ -1,12 +1,15 @@
 """Evaluation: decode named test conditions, score WER, keep one results table.
 
 ``EvalBrain`` shares the CTC forward pass of teacher and student and decodes
-every batch twice: CTC greedy and CTC prefix beam search (speechbrain's
-decoders). WER comes from ``ErrorRateStats`` and is cross-checked against
+every batch with CTC greedy and CTC prefix beam search (speechbrain's
+decoders) and, when the config has a language model, with lexicon beam
+search and a word n-gram (``kd_brain.lm``). WER comes from ``ErrorRateStats`` and is cross-checked against
 jiwer on the same hypotheses; a disagreement is an error, not a warning.
 Per condition it writes ``wer_<condition>_<decoder>.txt`` (with alignments);
 ``update_results`` merges the numbers into ``results.json`` and rewrites
-``results.md`` (rows: model and decoder; columns: conditions).
+``results.md`` (rows: model and decoder; columns: conditions). The headline WER of a model
+(``results.json``, the paper table) is its best decoder: ``lm`` when the
+config has one, else ``beam``.
 """
 
 import json
@@ -21,15 +24,17 @@ from speechbrain.utils.metric_stats import ErrorRateStats
 from kd_brain.brain import CTCBrain
 
 logger = logging.getLogger(__name__)
-DECODERS = ("greedy", "beam")
+DECODERS = ("greedy", "beam", "lm")
 
 
 class EvalBrain(CTCBrain):
     """Decodes test sets with greedy and prefix beam search.
 
     Needs ``hparams.tokenizer`` and ``hparams.beam_searcher`` (a
-    ``speechbrain.decoders.ctc.CTCPrefixBeamSearcher``). Set ``condition``
-    before ``evaluate``; the scores land in ``self.results[condition]``.
+    ``speechbrain.decoders.ctc.CTCPrefixBeamSearcher``); an optional
+    ``hparams.lm_decoder`` (``kd_brain.lm.LexiconLMDecoder``) adds the "lm"
+    decoder. Set ``condition`` before ``evaluate``; the scores land in
+    ``self.results[condition]``.
     """
 
     condition = "test"
@@ -41,21 +46,24 @@ class EvalBrain(CTCBrain):
             "greedy": self.greedy_words(log_probs, lens),
             "beam": [h[0].text.split() for h in self.hparams.beam_searcher(log_probs, lens)],
         }
+        if "lm" in self.metrics:
+            hyps["lm"] = self.hparams.lm_decoder(log_probs, lens)
         for name, hyp in hyps.items():
             self.metrics[name].append(batch.id, hyp, refs)
             self.pairs[name].extend(zip(refs, hyp))
         return torch.zeros((), device=self.device)
 
     def on_stage_start(self, stage, epoch=None):
-        self.metrics = {d: ErrorRateStats() for d in DECODERS}
-        self.pairs = {d: [] for d in DECODERS}
+        decoders = DECODERS if getattr(self.hparams, "lm_decoder", None) is not None else DECODERS[:2]
+        self.metrics = {d: ErrorRateStats() for d in decoders}
+        self.pairs = {d: [] for d in decoders}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage != sb.Stage.TEST:
             return
         out_dir = self.hparams.output_folder
         scores = {"n_utts": len(self.pairs["greedy"])}
-        for dec in DECODERS:
+        for dec in self.metrics:
             wer = self.metrics[dec].summarize("error_rate")
             check = 100 * jiwer.wer([" ".join(r) for r, _ in self.pairs[dec]],
                                     [" ".join(h) for _, h in self.pairs[dec]])
@@ -82,9 +90,10 @@ def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):
 
 
 def update_results(results_dir, model_name, scores):
-    """Merges one model's ``{condition: {"greedy", "beam", "n_utts"}}`` into
-    ``scores.json`` (everything) and ``results.json`` (model -> condition ->
-    WER of the beam decoder), rewrites ``results.md``; returns the markdown.
+    """Merges one model's ``{condition: {"greedy", "beam"[, "lm"], "n_utts"}}``
+    into ``scores.json`` (everything) and ``results.json`` (model -> condition
+    -> WER of the best decoder, see ``headline``), rewrites ``results.md``;
+    returns the markdown.
 
     Example
     -------
@@ -105,11 +114,16 @@ def update_results(results_dir, model_name, scores):
     os.makedirs(results_dir, exist_ok=True)
     _write_json(path, table)
     _write_json(os.path.join(results_dir, "results.json"),
-                {m: {c: s["beam"] for c, s in conds.items()} for m, conds in table.items()})
+                {m: {c: s[headline(s)] for c, s in conds.items()} for m, conds in table.items()})
     md = results_markdown(table)
     with open(os.path.join(results_dir, "results.md"), "w") as f:
         f.write(md)
     return md
+
+
+def headline(scores):
+    """The decoder whose WER represents a model: "lm" when it was run, else "beam"."""
+    return "lm" if "lm" in scores else "beam"
 
 
 def _write_json(path, obj):
@@ -127,7 +141,9 @@ def results_markdown(table):
     lines = ["| model | decoder | " + " | ".join(f"{c} (n={n[c]})" for c in conds) + " |",
              "|---|---|" + "---|" * len(conds)]
     for model, scores in table.items():
-        for dec in ("beam", "greedy"):
-            cells = [f"{scores[c][dec]:.2f}" if c in scores else "-" for c in conds]
+        for dec in ("lm", "beam", "greedy"):
+            if not any(dec in s for s in scores.values()):
+                continue
+            cells = [f"{scores[c][dec]:.2f}" if dec in scores.get(c, {}) else "-" for c in conds]
             lines.append(f"| {model} | {dec} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
 """Decoding and WER: greedy and prefix beam search, ErrorRateStats == jiwer."""
 
+import json
+import os
 import types
 
 import jiwer
@@ -9,6 +11,7 @@ import torch
 from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
 from kd_brain.evaluate import EvalBrain, results_markdown, update_results
+from kd_brain.lm import LexiconLMDecoder, build_lm
 from kd_brain.tokenizer import train_tokenizer
 from kd_brain.data import write_csv
 
@@ -22,6 +25,11 @@ def tokenizer(tmp_path_factory):
     return train_tokenizer(str(d / "lab.csv"), str(d), vocab_size=30, model_type="char")
 
 
+def tokenizer_csv(tokenizer):
+    """The labelled manifest the fixture's tokenizer was trained on."""
+    return os.path.join(os.path.dirname(tokenizer.model_path), "lab.csv")
+
+
 def peaky_log_probs(token_ids, vocab, frames_per_token=3):
     """Log-probs whose best path spells ``token_ids`` (blank between repeats)."""
     path = []
@@ -32,7 +40,8 @@ def peaky_log_probs(token_ids, vocab, frames_per_token=3):
     return lp.log_softmax(-1)
 
 
-def test_wer_matches_jiwer_and_reference(tokenizer, tmp_path):
+def score_toy(tokenizer, tmp_path, lm_decoder=None):
+    """EvalBrain's decoding/scoring half on three utterances: 1 deletion + 1 substitution in 14 words."""
     refs = ["PLAY SOME MUSIC", "SET A TIMER FOR TEN MINUTES", "TURN ON THE KITCHEN LIGHTS"]
     hyps = ["PLAY SOME MUSIC", "SET A TIMER TEN MINUTES", "TURN ON THE KITCHEN LIGHT"]  # 1 del + 1 sub
     lps = [peaky_log_probs(tokenizer.encode(h), tokenizer.vocab_size) for h in hyps]
@@ -41,19 +50,36 @@ def test_wer_matches_jiwer_and_reference(tokenizer, tmp_path):
     lens = torch.tensor([x.shape[0] / T for x in lps])
     hp = types.SimpleNamespace(tokenizer=tokenizer, output_folder=str(tmp_path),
                                beam_searcher=CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
-                                                                   beam_size=4))
+                                                                   beam_size=4),
+                               lm_decoder=lm_decoder)
     brain = EvalBrain.__new__(EvalBrain)  # only the decoding/scoring half is exercised here
     brain.hparams, brain.device, brain.condition, brain.results = hp, "cpu", "toy", {}
     brain.on_stage_start(sb.Stage.TEST)
     batch = types.SimpleNamespace(id=["a", "b", "c"], wrd=refs)
     brain.compute_objectives((batch_lp, lens), batch, sb.Stage.TEST)
     brain.on_stage_end(sb.Stage.TEST, 0.0)
+    return brain.results["toy"], refs, hyps
+
+
+def test_wer_matches_jiwer_and_reference(tokenizer, tmp_path):
+    results, refs, hyps = score_toy(tokenizer, tmp_path)
+    assert "lm" not in results  # no language model configured
     expected = 100 * 2 / 14
-    assert brain.results["toy"]["greedy"] == pytest.approx(expected, abs=0.01)
-    assert brain.results["toy"]["beam"] == pytest.approx(expected, abs=0.01)
+    assert results["greedy"] == pytest.approx(expected, abs=0.01)
+    assert results["beam"] == pytest.approx(expected, abs=0.01)
     assert 100 * jiwer.wer(refs, hyps) == pytest.approx(expected)
     text = (tmp_path / "wer_toy_beam.txt").read_text()
     assert "%WER 14.29" in text and "LIGHTS" in text
+
+
+def test_lm_decoder_is_scored_and_fixes_an_out_of_lexicon_word(tokenizer, tmp_path):
+    lm_dir = build_lm(tokenizer_csv(tokenizer), str(tmp_path / "lm"), tokenizer)
+    decoder = LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=20, lm_weight=1.0)
+    results, _, _ = score_toy(tokenizer, tmp_path, decoder)
+    # "LIGHT" is not in the lexicon: the LM decoder says "LIGHTS"; the missing "FOR" stays missing
+    assert results["lm"] == pytest.approx(100 / 14, abs=0.01)
+    assert results["beam"] == pytest.approx(200 / 14, abs=0.01)
+    assert "%WER 7.14" in (tmp_path / "wer_toy_lm.txt").read_text()
 
 
 def test_results_table_merges_models(tmp_path):
@@ -64,3 +90,13 @@ def test_results_table_merges_models(tmp_path):
     assert lines[0] == "| model | decoder | clean (n=5) | noisy_sim (n=5) |"
     assert "| teacher | beam | 19.00 | - |" in lines and "| student | beam | 14.50 | 29.00 |" in lines
     assert (tmp_path / "results.md").read_text() == md
+
+
+def test_headline_wer_is_the_lm_decoder_when_there_is_one(tmp_path):
+    update_results(tmp_path, "teacher", {"clean": {"greedy": 20.0, "beam": 19.0, "n_utts": 5}})
+    md = update_results(tmp_path, "student", {"clean": {"greedy": 15.0, "beam": 14.5, "lm": 9.0, "n_utts": 5}})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"teacher": {"clean": 19.0},
+                                                                   "student": {"clean": 9.0}}
+    lines = md.splitlines()
+    assert lines.index("| student | lm | 9.00 |") < lines.index("| student | beam | 14.50 |")
+    assert not any(line.startswith("| teacher | lm") for line in lines)

@@ -106,7 +106,7 @@ def report(exp, order):
     with open(os.path.join(REPO, exp, "paper_table.md"), "w") as f:
         f.write(table + f"\nStage wall times (s): {json.dumps(times)}\n")
     bar_chart(results, MODELS, conds, os.path.join(REPO, exp, "paper_table.png"))
-    print(f"\nWER (%) on {exp} (beam search; {exp}/results.json, paper_table.md, paper_table.png):\n{table}")
+    print(f"\nWER (%) on {exp} (best decoder: word n-gram if configured, else beam; {exp}/results.json, paper_table.md, paper_table.png):\n{table}")
     print(f"Stage wall times (s): {times}; total {sum(times.values())} s")
 
 

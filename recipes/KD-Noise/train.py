@@ -9,7 +9,8 @@ the tokenizer on labelled transcripts; a student config (it has
 ``teacher_dir``) reuses the teacher's data and tokenizer, reads soft labels
 by utterance ID and hears contaminated audio. Both then run ``EvalBrain`` on
 dev, clean, the noisy conditions written by the prepare stage, and any
-``--extra_test="{name: manifest.csv}"``.
+``--extra_test="{name: manifest.csv}"``, with the teacher config's decoders
+(greedy, beam, and a word n-gram built from the labelled transcripts).
 """
 
 import logging
@@ -27,12 +28,14 @@ from kd_brain.brain import TeacherBrain
 from kd_brain.data import prepare_corpus
 from kd_brain.dataio import contaminator_item, make_dataset, make_student_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
+from kd_brain.lm import LexiconLMDecoder, build_lm
 from kd_brain.store import SoftLabelStore
 from kd_brain.student import StudentBrain
 from kd_brain.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("clean", "noisy_sim", "rerecorded")
+LM_KEYS = ("lm_order", "lm_weight", "word_score", "lm_beam_size")
 
 
 def prepare(hp):
@@ -45,6 +48,20 @@ def prepare(hp):
     run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tokenizer_dir(hp),
                                        hp["vocab_size"], hp["token_type"], hp["token_alphabet"]])
     return load_tokenizer(hp)
+
+
+def lm_decoder(lm, data_folder, tokenizer):
+    """Word n-gram + lexicon decoder from the labelled transcripts (built once), or None if lm_order is 0.
+
+    ``lm`` holds the ``LM_KEYS`` of the teacher's config: students and
+    sequence-trained models are decoded exactly like their teacher.
+    """
+    if not lm["lm_order"]:
+        return None
+    lm_dir = os.path.join(data_folder, f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
+    run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]])
+    return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
+                            lm_weight=lm["lm_weight"], word_score=lm["word_score"])
 
 
 def load_tokenizer(hp):
@@ -119,6 +136,7 @@ def main(argv):
         thp = load_saved_hparams(hp["teacher_dir"])
         sb.utils.seed.seed_everything(hp["seed"])  # loading the teacher's config re-seeded with its seed
         data_folder, tokenizer = thp["data_folder"], load_tokenizer({**thp, "vocab_size": hp["vocab_size"]})
+        lm = {k: thp.get(k, 0) for k in LM_KEYS}
         hp["tokenizer"] = tokenizer
         train_set, valid_set = student_data(hp, tokenizer, data_folder)
         init_from(hp)
@@ -126,6 +144,7 @@ def main(argv):
                                                      beam_size=hp["beam_size"], topk=hp["mwer_nbest"])
     else:
         data_folder, tokenizer = hp["data_folder"], prepare(hp)
+        lm = {k: hp[k] for k in LM_KEYS}
         hp["tokenizer"] = tokenizer
         init_from(hp)
         train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer)
@@ -143,6 +162,7 @@ def main(argv):
 
     hp["beam_searcher"] = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
                                                 beam_size=hp["beam_size"])
+    hp["lm_decoder"] = lm_decoder(lm, data_folder, tokenizer)
     evaluator = EvalBrain(modules=hp["modules"], hparams=hp, run_opts=run_opts, checkpointer=hp["checkpointer"])
     scores = evaluate_conditions(evaluator, condition_sets(hp, tokenizer, data_folder),
                                  loader_kwargs={"batch_size": hp["test_batch_size"]})

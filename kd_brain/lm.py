@@ -1,0 +1,190 @@
+"""Word n-gram language model and lexicon decoding for CTC models.
+
+The acoustic models emit characters (or sentencepiece units); a word n-gram
+trained on the *labelled* transcripts plus a lexicon of their words turns
+misspelt hypotheses ("CHERIES") into words. Decoding is flashlight's lexicon
+beam search through ``torchaudio.models.decoder.ctc_decoder`` (KenLM reads
+our ARPA file). No ARPA estimator installs from PyPI (KenLM's ``lmplz`` is a
+compiled binary), so ``write_arpa`` estimates an interpolated Kneser-Ney
+model: at a few thousand sentences that is well under a second.
+
+The LM sees only the manifest it is given: ``build_lm`` refuses one without a
+``wrd`` column, so the unlabelled pool's transcripts cannot reach it.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+
+import torch
+
+from kd_brain.data import CorpusError, read_csv
+from kd_brain.tokenizer import BLANK_ID
+
+logger = logging.getLogger(__name__)
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+
+
+def kneser_ney(sentences, order=3, discount=0.75):
+    """Interpolated Kneser-Ney n-gram probabilities.
+
+    Arguments
+    ---------
+    sentences : list of list of str
+    order : int
+    discount : float
+        Absolute discount D of every order (0 < D < 1).
+
+    Returns
+    -------
+    probs : list of dict
+        ``probs[n-1][ngram] = P(w | history)`` for every seen n-gram of
+        length n, interpolated with the lower orders (unigrams with a uniform
+        distribution that gives ``<unk>`` its mass).
+    backoffs : list of dict
+        ``backoffs[n-1][history] = gamma`` for histories of length n: the
+        mass left for words never seen after that history.
+
+    Example
+    -------
+    >>> probs, backoffs = kneser_ney([["PLAY", "MUSIC"], ["PLAY", "JAZZ"]], order=2)
+    >>> round(probs[1][("PLAY", "MUSIC")], 4)  # (1 - 0.75) / 2 + 0.75 * P_cont(MUSIC)
+    0.2525
+    >>> round(sum(probs[0].values()), 9)  # unigrams, <unk> included
+    1.0
+    """
+    if not 0 < discount < 1:
+        raise ValueError(f"discount={discount}: must be in (0, 1)")
+    raw = [Counter() for _ in range(order)]  # raw[n-1]: n-gram counts, one "<s>" per sentence
+    for words in sentences:
+        seq = [BOS] + list(words) + [EOS]
+        for i in range(1, len(seq)):
+            for n in range(1, min(order, i + 1) + 1):
+                raw[n - 1][tuple(seq[i - n + 1:i + 1])] += 1
+    # Lower orders count distinct left contexts (continuation counts), except
+    # n-grams that start a sentence: nothing precedes "<s>", so they keep raw counts.
+    counts = [None] * (order - 1) + [raw[-1]]
+    for n in range(order - 1, 0, -1):
+        left = Counter(gram[1:] for gram in raw[n])
+        counts[n - 1] = {g: (c if g[0] == BOS else left[g]) for g, c in raw[n - 1].items()}
+    vocab = {g[0] for g in counts[0]} - {BOS}
+    probs, backoffs = [], []
+    for n in range(1, order + 1):
+        totals, types = Counter(), Counter()
+        for gram, c in counts[n - 1].items():
+            totals[gram[:-1]] += c
+            types[gram[:-1]] += 1
+        p_n, gamma = {}, {}
+        for hist in totals:
+            gamma[hist] = discount * types[hist] / totals[hist]
+        for gram, c in counts[n - 1].items():
+            hist = gram[:-1]
+            lower = probs[n - 2][gram[1:]] if n > 1 else 1.0 / (len(vocab) + 1)  # +1: <unk>
+            p_n[gram] = max(c - discount, 0) / totals[hist] + gamma[hist] * lower
+        if n == 1:
+            p_n[(UNK,)] = gamma[()] / (len(vocab) + 1)
+        else:
+            backoffs.append(gamma)
+        probs.append(p_n)
+    return probs, backoffs
+
+
+def write_arpa(sentences, path, order=3, discount=0.75):
+    """Writes an interpolated Kneser-Ney model of ``sentences`` as an ARPA file.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "lm.arpa")
+    >>> write_arpa([["PLAY", "MUSIC"], ["STOP"]], path, order=2)
+    >>> open(path).read().splitlines()[:3]
+    ['\\\\data\\\\', 'ngram 1=6', 'ngram 2=5']
+    """
+    probs, backoffs = kneser_ney(sentences, order, discount)
+    probs[0][(BOS,)] = 0.0  # never predicted; present because it starts histories
+    lines = ["\\data\\"] + [f"ngram {n + 1}={len(p)}" for n, p in enumerate(probs)] + [""]
+    for n, p_n in enumerate(probs):
+        lines.append(f"\\{n + 1}-grams:")
+        for gram in sorted(p_n):
+            logp = math.log10(p_n[gram]) if p_n[gram] > 0 else -99.0
+            row = f"{logp:.6f}\t{' '.join(gram)}"
+            if n < order - 1 and gram in backoffs[n]:
+                row += f"\t{math.log10(backoffs[n][gram]):.6f}"
+            lines.append(row)
+        lines.append("")
+    lines.append("\\end\\")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
+    """ARPA model, lexicon and token list from the labelled transcripts (skipped when done).
+
+    Every word is spelt with the tokenizer's units, as ``tokenizer.encode``
+    splits it, less a standalone word-boundary piece "\u2581" (characters):
+    the decoder treats that one as the optional silence between words.
+    Returns ``out_dir``.
+    """
+    rows = read_csv(labelled_csv)
+    if not rows or "wrd" not in rows[0]:
+        raise CorpusError(f"{labelled_csv}: no 'wrd' column; the LM trains on labelled transcripts only")
+    sentences = [r["wrd"].split() for r in rows]
+    options = {"manifest": os.path.abspath(labelled_csv), "order": order, "discount": discount,
+               "tokenizer": tokenizer.hash,
+               "text_hash": hashlib.sha1("\n".join(r["wrd"] for r in rows).encode()).hexdigest()}
+    info = os.path.join(out_dir, "lm.json")
+    if os.path.isfile(info):
+        with open(info) as f:
+            if json.load(f) == options:
+                logger.info("Language model in %s already built: skipped", out_dir)
+                return out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    write_arpa(sentences, os.path.join(out_dir, "words.arpa"), order, discount)
+    pieces = tokenizer.vocab_list()
+    with open(os.path.join(out_dir, "lexicon.txt"), "w", encoding="utf-8") as f:
+        for word in sorted({w for s in sentences for w in s}):
+            spelling = [pieces[i] for i in tokenizer.encode(word) if pieces[i] != "\u2581"]
+            f.write(f"{word}\t{' '.join(spelling)}\n")
+    with open(info, "w") as f:
+        json.dump(options, f, indent=1)
+    logger.info("Built a %d-gram LM and lexicon of %d sentences in %s", order, len(sentences), out_dir)
+    return out_dir
+
+
+class LexiconLMDecoder:
+    """CTC lexicon beam search with a word n-gram (flashlight, via torchaudio).
+
+    Called like speechbrain's searchers, on a batch of log-probabilities and
+    relative lengths; returns one list of words per utterance.
+
+    Arguments
+    ---------
+    lm_dir : str
+        Output of ``build_lm``.
+    vocab_list : list of str
+        Pieces in output order; index 0 is the CTC blank.
+    beam_size, lm_weight, word_score : float
+        Beam width, LM scale and per-word bonus (tune on dev).
+    """
+
+    def __init__(self, lm_dir, vocab_list, beam_size=50, lm_weight=1.0, word_score=0.0):
+        from torchaudio.models.decoder import ctc_decoder
+
+        if "\u2581" not in vocab_list:
+            raise ValueError("lexicon decoding needs the word-boundary piece '\u2581' among the units")
+        tokens = list(vocab_list)
+        tokens[BLANK_ID] = "<blank>"
+        self.decoder = ctc_decoder(
+            lexicon=os.path.join(lm_dir, "lexicon.txt"), tokens=tokens, lm=os.path.join(lm_dir, "words.arpa"),
+            nbest=1, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score,
+            blank_token="<blank>", sil_token="\u2581", unk_word=UNK)
+
+    def __call__(self, log_probs, lens):
+        log_probs = log_probs.detach().float().cpu().contiguous()
+        frames = torch.round(lens.cpu() * log_probs.shape[1]).int()
+        return [hyps[0].words if hyps else [] for hyps in self.decoder(log_probs, frames)]
