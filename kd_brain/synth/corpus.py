@@ -269,10 +269,10 @@ def _check_options(out_dir, options):
 
 def generate_corpus(
     out_dir,
-    hours=2.0,
+    hours=3.0,
     seed=1234,
     test_fraction=0.15,
-    n_train_speakers=100,
+    n_train_speakers=150,
     n_test_speakers=20,
     n_noise_speakers=12,
     engines=ENGINES,

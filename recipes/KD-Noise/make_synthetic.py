@@ -8,7 +8,7 @@ Rerunning resumes (finished utterances are skipped).
 
 Example::
 
-    python recipes/KD-Noise/make_synthetic.py --out exp/synth_corpus --hours 2.0
+    python recipes/KD-Noise/make_synthetic.py --out exp/synth_corpus --hours 3.0
 """
 
 import argparse
@@ -34,10 +34,10 @@ def parse_weights(text):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="exp/synth_corpus", help="corpus root (default: %(default)s)")
-    p.add_argument("--hours", type=float, default=2.0, help="speech hours, train + test (default: %(default)s)")
+    p.add_argument("--hours", type=float, default=3.0, help="speech hours, train + test (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--test-fraction", type=float, default=0.15)
-    p.add_argument("--train-speakers", type=int, default=100)
+    p.add_argument("--train-speakers", type=int, default=150)
     p.add_argument("--test-speakers", type=int, default=20)
     p.add_argument("--noise-speakers", type=int, default=12, help="TTS voices for talk noise")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of %(default)s")

@@ -113,7 +113,7 @@ def report(exp, order):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="synthetic", choices=["synthetic", "speechocean762"])
-    parser.add_argument("--hours", type=float, default=2.0, help="size of the synthetic corpus")
+    parser.add_argument("--hours", type=float, default=3.0, help="size of the synthetic corpus")
     parser.add_argument("--exp", help="experiment folder (default: exp/<corpus>)")
     parser.add_argument("--stages", nargs="*", help="run only these stages, even if done")
     args, extra = parser.parse_known_args()
