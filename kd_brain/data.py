@@ -191,6 +191,26 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def read_transcripts(labelled_csv, user):
+    """Rows of a manifest with transcripts, and a hash of them; refuses one without ``wrd``.
+
+    The unlabelled pool's manifest has no ``wrd`` column, so whatever is built
+    from this (``user``: tokenizer, language model) never sees its transcripts.
+    """
+    rows = read_csv(labelled_csv)
+    if not rows or "wrd" not in rows[0]:
+        raise CorpusError(f"{labelled_csv}: no 'wrd' column; the {user} trains on labelled transcripts only")
+    return rows, hashlib.sha1("\n".join(r["wrd"] for r in rows).encode()).hexdigest()
+
+
+def built_with(info_path, options):
+    """True when ``info_path`` (JSON written after a build) records exactly ``options``."""
+    if not os.path.isfile(info_path):
+        return False
+    with open(info_path) as f:
+        return json.load(f) == options
+
+
 def options_hash(options):
     """A short stable hash of a JSON-able dict of options."""
     return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]

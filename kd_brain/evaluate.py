@@ -28,7 +28,7 @@ DECODERS = ("greedy", "beam", "lm")
 
 
 class EvalBrain(CTCBrain):
-    """Decodes test sets with greedy and prefix beam search.
+    """Decodes test sets with greedy and prefix beam search (and a word LM, if configured).
 
     Needs ``hparams.tokenizer`` and ``hparams.beam_searcher`` (a
     ``speechbrain.decoders.ctc.CTCPrefixBeamSearcher``); an optional

@@ -12,16 +12,15 @@ The LM sees only the manifest it is given: ``build_lm`` refuses one without a
 ``wrd`` column, so the unlabelled pool's transcripts cannot reach it.
 """
 
-import hashlib
 import json
 import logging
 import math
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 
 import torch
 
-from kd_brain.data import CorpusError, read_csv
+from kd_brain.data import built_with, read_transcripts
 from kd_brain.tokenizer import BLANK_ID
 
 logger = logging.getLogger(__name__)
@@ -123,26 +122,21 @@ def write_arpa(sentences, path, order=3, discount=0.75):
 
 
 def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
-    """ARPA model, lexicon and token list from the labelled transcripts (skipped when done).
+    """ARPA model and lexicon from the labelled transcripts (skipped when done).
 
     Every word is spelt with the tokenizer's units, as ``tokenizer.encode``
     splits it, less a standalone word-boundary piece "\u2581" (characters):
     the decoder treats that one as the optional silence between words.
     Returns ``out_dir``.
     """
-    rows = read_csv(labelled_csv)
-    if not rows or "wrd" not in rows[0]:
-        raise CorpusError(f"{labelled_csv}: no 'wrd' column; the LM trains on labelled transcripts only")
+    rows, text_hash = read_transcripts(labelled_csv, "language model")
     sentences = [r["wrd"].split() for r in rows]
     options = {"manifest": os.path.abspath(labelled_csv), "order": order, "discount": discount,
-               "tokenizer": tokenizer.hash,
-               "text_hash": hashlib.sha1("\n".join(r["wrd"] for r in rows).encode()).hexdigest()}
+               "tokenizer": tokenizer.hash, "text_hash": text_hash}
     info = os.path.join(out_dir, "lm.json")
-    if os.path.isfile(info):
-        with open(info) as f:
-            if json.load(f) == options:
-                logger.info("Language model in %s already built: skipped", out_dir)
-                return out_dir
+    if built_with(info, options):
+        logger.info("Language model in %s already built: skipped", out_dir)
+        return out_dir
     os.makedirs(out_dir, exist_ok=True)
     write_arpa(sentences, os.path.join(out_dir, "words.arpa"), order, discount)
     pieces = tokenizer.vocab_list()

@@ -12,7 +12,7 @@ import os
 
 import sentencepiece as spm
 
-from kd_brain.data import CorpusError, read_csv
+from kd_brain.data import built_with, read_transcripts
 
 logger = logging.getLogger(__name__)
 BLANK_ID = 0
@@ -83,19 +83,14 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alp
         so the output size does not depend on the data (e.g. a small corpus
         without a "Q").
     """
-    rows = read_csv(labelled_csv)
-    if not rows or "wrd" not in rows[0]:
-        raise CorpusError(f"{labelled_csv}: no 'wrd' column; the tokenizer trains on labelled transcripts only")
+    rows, text_hash = read_transcripts(labelled_csv, "tokenizer")
     options = {"manifest": os.path.abspath(labelled_csv), "vocab_size": vocab_size, "model_type": model_type,
-               "alphabet": alphabet,
-               "n_utts": len(rows), "text_hash": hashlib.sha1("\n".join(r["wrd"] for r in rows).encode()).hexdigest()}
+               "alphabet": alphabet, "n_utts": len(rows), "text_hash": text_hash}
     prefix = os.path.join(out_dir, "tokenizer")
     info = prefix + ".json"
-    if os.path.isfile(info) and os.path.isfile(prefix + ".model"):
-        with open(info) as f:
-            if json.load(f) == options:
-                logger.info("Tokenizer %s.model already trained with the same options: skipped", prefix)
-                return Tokenizer(prefix + ".model")
+    if os.path.isfile(prefix + ".model") and built_with(info, options):
+        logger.info("Tokenizer %s.model already trained with the same options: skipped", prefix)
+        return Tokenizer(prefix + ".model")
     os.makedirs(out_dir, exist_ok=True)
     text_file = prefix + "_train.txt"
     with open(text_file, "w", encoding="utf-8") as f:
