@@ -11,6 +11,7 @@ resumes, and a rerun over a complete store does nothing.
 
 import hashlib
 import logging
+import math
 import os
 
 import speechbrain as sb
@@ -18,6 +19,7 @@ import torch
 
 from kd_brain.brain import CTCBrain
 from kd_brain.store import SoftLabelWriter
+from kd_brain.tokenizer import BLANK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +57,78 @@ def store_meta(model, tokenizer, checkpoint_path, manifest_paths):
     return meta
 
 
+class NBestSearcher:
+    """The teacher's N-best unit sequences and their log scores, per utterance.
+
+    Lexicon-free CTC beam search without an LM in flashlight's C++ decoder
+    (``torchaudio.models.decoder.ctc_decoder``): ~3 ms per 4-s utterance at
+    beam 8, where speechbrain's Python prefix beam search took ~35 ms (7x the
+    CPU teacher's forward pass). Hypotheses are normalised through the
+    tokenizer (text, then units), and a sequence that several alignments in
+    the beam reach is listed once, with the log-sum of their scores.
+
+    Arguments
+    ---------
+    tokenizer : kd_brain.tokenizer.Tokenizer
+        The teacher's units; needs the word-boundary piece (flashlight's
+        word separator).
+    nbest : int
+        Hypotheses kept per utterance (at most).
+    beam_size : int
+        Beam width.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> from kd_brain.data import write_csv
+    >>> from kd_brain.tokenizer import train_tokenizer
+    >>> d = tempfile.mkdtemp()
+    >>> write_csv(os.path.join(d, "l.csv"), [{"ID": str(i), "wrd": "AB BA"} for i in range(9)], ["ID", "wrd"])
+    >>> tok = train_tokenizer(os.path.join(d, "l.csv"), d, vocab_size=6, model_type="char", alphabet="AB")
+    >>> a, b = tok.encode("A")[-1], tok.encode("B")[-1]
+    >>> lp = torch.full((1, 3, tok.vocab_size), -9.0)
+    >>> lp[0, 0, 0] = lp[0, 1, a] = 0.0
+    >>> lp[0, 2, b], lp[0, 2, 0] = -0.5, -1.0
+    >>> [tok.decode(units) for units, _ in NBestSearcher(tok, 2, 4)(lp.log_softmax(-1), torch.ones(1))[0]]
+    ['AB', 'A']
+    """
+
+    def __init__(self, tokenizer, nbest, beam_size):
+        from torchaudio.models.decoder import ctc_decoder
+
+        tokens = tokenizer.vocab_list()
+        if "\u2581" not in tokens:
+            raise ValueError("N-best search needs the word-boundary piece '\u2581' among the units")
+        tokens[BLANK_ID] = "<blank>"
+        self.tokenizer, self.nbest = tokenizer, nbest
+        self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=None, nbest=beam_size, beam_size=beam_size,
+                                   blank_token="<blank>", sil_token="\u2581", unk_word="<unk>")
+
+    def __call__(self, log_probs, lens):
+        """Per utterance, [(unit IDs, log score)] best first."""
+        log_probs = log_probs.detach().float().cpu().contiguous()
+        frames = torch.round(lens.cpu() * log_probs.shape[1]).int()
+        out = []
+        for hyps in self.decoder(log_probs, frames):
+            merged = {}
+            for h in hyps:  # flashlight wraps each hypothesis in word boundaries: normalise via text
+                key = tuple(self.tokenizer.encode(self.tokenizer.decode(h.tokens.tolist())))
+                merged[key] = _logaddexp(merged[key], h.score) if key in merged else float(h.score)
+            best = sorted(merged.items(), key=lambda kv: -kv[1])[: self.nbest]
+            out.append([(list(key), score) for key, score in best])
+        return out
+
+
+def _logaddexp(a, b):
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
 class ExtractBrain(CTCBrain):
     """Writes the teacher's top-k per output frame for every utterance it evaluates.
 
     Set ``writer`` (a ``SoftLabelWriter``) before ``evaluate``; with
-    ``hparams.nbest > 0`` the teacher's N-best from ``hparams.beam_searcher``
-    (token ids and scores) is stored too.
+    ``hparams.nbest > 0`` the teacher's N-best from ``hparams.nbest_searcher``
+    (a :class:`NBestSearcher`) is stored too.
     """
 
     writer = None
@@ -68,13 +136,17 @@ class ExtractBrain(CTCBrain):
     def compute_objectives(self, predictions, batch, stage):
         log_probs, lens = predictions
         n_frames = torch.round(lens * log_probs.shape[1]).long().tolist()
+        if not torch.isfinite(log_probs).all():  # padding may be the culprit: look per utterance
+            for utt_id, lp, n in zip(batch.id, log_probs, n_frames):
+                if not torch.isfinite(lp[:n]).all():
+                    raise ValueError(f"{utt_id}: teacher output has NaN or infinite values; extraction stopped")
+        values, indices = log_probs.topk(self.writer.k, dim=-1)  # one call per batch, not per utterance
         nbests = [None] * len(batch.id)
         if getattr(self.hparams, "nbest", 0) > 0:
-            hyps = self.hparams.beam_searcher(log_probs, lens)
-            nbests = [[(self.hparams.tokenizer.encode(h.text), float(h.score)) for h in utt] for utt in hyps]
-        for utt_id, lp, n, nb in zip(batch.id, log_probs, n_frames, nbests):
-            if utt_id not in self.writer:  # a batch resumed after a kill may be partly stored
-                self.writer.add(utt_id, lp[:n], nbest=nb)  # refuses NaN/inf with the utterance ID
+            nbests = self.hparams.nbest_searcher(log_probs, lens)
+        todo = [i for i, u in enumerate(batch.id) if u not in self.writer]  # a resumed batch may be partly stored
+        self.writer.add_batch([batch.id[i] for i in todo], indices[todo], values[todo],
+                              [n_frames[i] for i in todo], [nbests[i] for i in todo])
         return torch.zeros((), device=self.device)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

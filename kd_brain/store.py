@@ -49,14 +49,16 @@ large LibriSpeech config run at 25 frames/s, so the figures are the same):
 * computed, uncompressed: k * (2 B index + 2 B value) = 80 B/frame
   = 7.2 MB per hour of audio (x 7,200 h = 52 GB);
 * measured by ``bench/bench_store.py`` on synthetic peaky CTC posteriors
-  (linear read-out of a smooth encoder state; see the benchmark):
-  26 B/frame = 2.35 MB per hour of audio (x 7,200 h = 17 GB), with mean
-  KL 6e-5 (T = 1) / 2e-4 (T = 2) nats/frame; 33 B/frame (3.0 MB/h) in the
-  worst case of i.i.d. tails (format 1: 29 and 36 B/frame). The indices
-  cost ~20 of the 26 bytes: with the exact rank order kept, a tail whose
-  ordering changes every frame is close to incompressible. Dense float32
-  HDF5 at V = 500 is 2,000 B/frame = 180 MB per hour (1.3 TB). A real
-  teacher's figure may differ: ``SoftLabelStore.stats()`` reports it.
+  (linear read-out of a smooth encoder state; see the benchmark), zstd
+  level 3: 26.6 B/frame = 2.40 MB per hour of audio (x 7,200 h = 17 GB),
+  with mean KL 6e-5 (T = 1) / 2e-4 (T = 2) nats/frame; 34 B/frame (3.1 MB/h)
+  in the worst case of i.i.d. tails. Level 9 saves 0.6 B/frame, but writing
+  then costs 4.8% of the CPU teacher's forward pass instead of 2.7%
+  (``bench/bench_extract.py``). The indices cost ~20 of the 26.6 bytes: with the exact
+  rank order kept, a tail whose ordering changes every frame is close to
+  incompressible (their order-0 entropy per rank is 14.2 B/frame). Dense
+  float32 HDF5 at V = 500 is 2,000 B/frame = 180 MB per hour (1.3 TB). A
+  real teacher's figure may differ: ``SoftLabelStore.stats()`` reports it.
 """
 
 import json
@@ -222,28 +224,50 @@ def quant_bound(distance, step=0.1, schedule=None):
     return mult * step / 2
 
 
-def _encode(indices, log_probs, step, nbest, table):
-    """Record payload (before zstd) of one utterance; see module docstring."""
-    frames, k = indices.shape
-    uniq, inv, counts = np.unique(indices, return_inverse=True, return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    width = 1 if len(uniq) <= 256 else 2
-    local = np.ascontiguousarray(rank[inv.reshape(frames, k)].T, dtype=f"<u{width}")  # [k, F]
+def _nearest_level_lut(table):
+    """(below, mid) for :func:`_quantize`: ``below[n]`` indexes the last level <= n
+    (n in whole steps), ``mid[j]`` is the midpoint of levels j and j + 1
+    (infinite after the last)."""
+    below = np.searchsorted(table, np.arange(table[-1] + 1), side="right") - 1
+    mid = np.append((table[:-1] + table[1:]) / 2, np.inf)
+    return below, mid
+
+
+def _quantize(log_probs, step, table):
+    """Top-1 codes [...] (uint16) and level differences [..., k] (uint8) of
+    sorted top-k log-probs, for any leading shape (one utterance or a padded
+    batch); see the module docstring. ``table`` is ``_nearest_level_lut``.
+    """
     a = -log_probs.astype(np.float64) / step
-    q1 = np.clip(np.rint(a[:, 0]), 0, MAX_Q)  # top-1 on the fine grid
-    u = a - q1[:, None]  # distance below the quantized top-1, in steps
-    j = np.clip(np.searchsorted(table, u), 1, len(table) - 1)
-    level = np.where(u - table[j - 1] <= table[j] - u, j - 1, j)  # nearest level
-    level[:, 0] = 0
-    dlevel = np.diff(level, axis=1, prepend=0)  # >= 0: sorted, and the quantizer is monotone
+    q1 = np.clip(np.rint(a[..., 0]), 0, MAX_Q)  # top-1 on the fine grid
+    u = a - q1[..., None]  # distance below the quantized top-1, in steps
+    # Nearest level: levels are whole steps, so it is the last one <= floor(u)
+    # (a lookup) or the next; ties go down. (searchsorted was 3x slower.)
+    below, mid = table
+    j = below.take(np.clip(np.floor(u), 0, len(below) - 1).astype(np.intp))
+    level = j + (u > mid.take(j))
+    level[..., 0] = 0
+    dlevel = np.empty(level.shape, np.uint8)  # >= 0: sorted, and the quantizer is monotone
+    dlevel[..., 0] = 0
+    np.subtract(level[..., 1:], level[..., :-1], out=dlevel[..., 1:], casting="unsafe")
+    return q1.astype("<u2"), dlevel
+
+
+def _pack(indices, q1, dlevel, nbest):
+    """Record payload (before zstd) of one utterance from its quantized log-probs."""
+    frames, k = indices.shape
+    counts = np.bincount(indices.ravel())
+    codebook = np.argsort(-counts, kind="stable")[: np.count_nonzero(counts)]  # most frequent first
+    rank = np.empty(len(counts), np.int64)
+    rank[codebook] = np.arange(len(codebook))
+    width = 1 if len(codebook) <= 256 else 2
+    local = np.ascontiguousarray(rank[indices].T, dtype=f"<u{width}")  # [k, F]
     parts = [
-        RECORD_HEAD.pack(frames, k, len(uniq), len(nbest)),
-        uniq[order].astype("<u2").tobytes(),
+        RECORD_HEAD.pack(frames, k, len(codebook), len(nbest)),
+        codebook.astype("<u2").tobytes(),
         local.view(np.uint8).reshape(k, frames, width).transpose(2, 0, 1).tobytes(),
-        q1.astype("<u2").view(np.uint8).reshape(frames, 2).T.tobytes(),
-        dlevel.astype(np.uint8).tobytes(),  # [F, k]: one flat cumsum decodes it
+        q1.view(np.uint8).reshape(frames, 2).T.tobytes(),
+        dlevel.tobytes(),  # [F, k]: one flat cumsum decodes it
     ]
     if nbest:
         parts.append(np.array([len(t) for t, _ in nbest], "<i4").tobytes())
@@ -449,7 +473,7 @@ class SoftLabelWriter:
 
     def __init__(
         self, store_dir, k, vocab_size, meta, rank=0, quant_step=0.1,
-        max_shard_bytes=256 << 20, level=9,
+        max_shard_bytes=256 << 20, level=3,
     ):
         if not 0 < k <= vocab_size <= 65536:
             raise ValueError(f"need 0 < k <= vocab_size <= 65536, got k={k}, V={vocab_size}")
@@ -457,7 +481,7 @@ class SoftLabelWriter:
         self.step, self.max_shard_bytes = quant_step, max_shard_bytes
         self.meta = dict(meta, format=FORMAT_VERSION, k=k, vocab_size=vocab_size, quant_step=quant_step,
                          quant_schedule=list(QUANT_SCHEDULE))
-        self._table = _level_table(quant_step, QUANT_SCHEDULE)
+        self._table = _nearest_level_lut(_level_table(quant_step, QUANT_SCHEDULE))  # for _quantize
         os.makedirs(store_dir, exist_ok=True)
         self._init_meta()
         for name in os.listdir(store_dir):  # partial shards of a killed run
@@ -514,17 +538,61 @@ class SoftLabelWriter:
             The teacher's N-best hypotheses (token IDs, score).
         """
         idx = torch.as_tensor(indices).detach().cpu().long().numpy()
-        lp = torch.as_tensor(log_probs).detach().float().cpu()
-        self._check_finite(utt_id, lp)
-        lp = lp.numpy()
+        lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
         self._validate(utt_id, idx, lp)
+        if not np.isfinite(lp).all():
+            raise ValueError(f"{utt_id}: teacher output has NaN or infinite values; refused")
         if lp.size and lp.max() > 1e-3:
             raise ValueError(f"{utt_id}: positive log-probs; pass logits to add(), not add_topk()")
-        order = np.argsort(-lp, axis=1, kind="stable")  # no-op after topk
-        idx, lp = np.take_along_axis(idx, order, 1), np.take_along_axis(lp, order, 1)
+        if not (lp[:, :-1] >= lp[:, 1:]).all():  # torch.topk output is sorted already
+            order = np.argsort(-lp, axis=1, kind="stable")
+            idx, lp = np.take_along_axis(idx, order, 1), np.take_along_axis(lp, order, 1)
+        self._write(utt_id, idx, *_quantize(lp, self.step, self._table), nbest)
+
+    def add_batch(self, utt_ids, indices, log_probs, frames, nbests=None):
+        """Stores a padded batch of top-k outputs, e.g. ``log_probs.topk(k)`` of a teacher batch.
+
+        Same records as :meth:`add_topk` per utterance, with the checks and
+        the quantization done once for the batch (that is most of the cost of
+        writing). If a check fails, the utterances go through ``add_topk``
+        one by one, so the error names the utterance.
+
+        Arguments
+        ---------
+        utt_ids : list of str
+            Utterance IDs (not yet stored).
+        indices : torch.Tensor
+            [batch, time, k] token indices, sorted by descending log-prob.
+        log_probs : torch.Tensor
+            [batch, time, k] their log-probabilities (T = 1).
+        frames : list of int
+            Valid frames per utterance; the rest is padding.
+        nbests : list, optional
+            Per utterance, an N-best list (see :meth:`add_topk`) or None.
+        """
+        idx = torch.as_tensor(indices).detach().cpu().long().numpy()
+        lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
+        nbests = nbests or [None] * len(utt_ids)
+        valid = (
+            idx.ndim == 3 and idx.shape[2] == self.k and lp.shape == idx.shape
+            and len(utt_ids) == len(frames) == len(nbests) == len(idx)
+            and len(set(utt_ids)) == len(utt_ids) and not any(u in self.stored_ids or not u for u in utt_ids)
+            and all(0 <= n <= idx.shape[1] for n in frames) and not any("\0" in u for u in utt_ids)
+        )
+        valid = valid and (idx.size == 0 or (
+            np.isfinite(lp).all() and lp.max() <= 1e-3 and (lp[..., :-1] >= lp[..., 1:]).all()
+            and idx.min() >= 0 and idx.max() < self.vocab_size))
+        if not valid:  # padding may be what fails; per utterance, the error names it
+            for b, (uid, n, nb) in enumerate(zip(utt_ids, frames, nbests)):
+                self.add_topk(uid, idx[b, :n], lp[b, :n], nb)
+            return
+        q1, dlevel = _quantize(lp, self.step, self._table)
+        for b, (uid, n, nb) in enumerate(zip(utt_ids, frames, nbests)):
+            self._write(uid, idx[b, :n], q1[b, :n], dlevel[b, :n], nb)
+
+    def _write(self, utt_id, idx, q1, dlevel, nbest):
         nbest = [(list(map(int, t)), float(s)) for t, s in (nbest or [])]
-        blob = self._compressor.compress(_encode(idx, lp, self.step, nbest, self._table))
-        self._append(utt_id, blob, len(idx))
+        self._append(utt_id, self._compressor.compress(_pack(idx, q1, dlevel, nbest)), len(idx))
 
     def _check_finite(self, utt_id, x):
         if not torch.isfinite(x).all():

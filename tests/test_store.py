@@ -215,3 +215,22 @@ def test_fuzz_corruption_is_detected(tmp_path):
         except CorruptStoreError:
             detected += 1
     assert detected > 1000
+
+
+def test_batch_writes_the_same_records_as_one_by_one(tmp_path):
+    ids = list(UTTS)[:8]
+    one = write(str(tmp_path / "one"), ids, max_shard_bytes=1 << 20)
+    frames = [len(UTTS[u]) for u in ids]
+    padded = torch.full((len(ids), max(frames), V), -50.0)
+    padded[..., 0] = 0.0  # padding: any finite log-probs, never stored
+    for b, u in enumerate(ids):
+        padded[b, : frames[b]] = UTTS[u].log_softmax(-1)
+    values, indices = padded.topk(K, dim=-1)
+    batch = str(tmp_path / "batch")
+    with SoftLabelWriter(batch, K, V, META, max_shard_bytes=1 << 20) as w:
+        w.add_batch(ids, indices, values, frames, [NBEST.get(u) for u in ids])
+    assert shard_bytes(batch) == shard_bytes(one)
+    values[3, 2, 4] = float("nan")  # a bad utterance in a batch is named
+    with SoftLabelWriter(str(tmp_path / "bad"), K, V, META) as w:
+        with pytest.raises(ValueError, match=f"{ids[3]}: teacher output has NaN"):
+            w.add_batch(ids, indices, values, frames)

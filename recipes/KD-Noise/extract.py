@@ -13,10 +13,9 @@ import sys
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
 from kd_brain.dataio import make_dataset
-from kd_brain.extract import ExtractBrain, extract, store_meta
+from kd_brain.extract import ExtractBrain, NBestSearcher, extract, store_meta
 from kd_brain.store import SoftLabelWriter, merge_index
 from kd_brain.tokenizer import Tokenizer, tokenizer_dir
 
@@ -42,12 +41,12 @@ def main(argv):
     manifests = [os.path.join(thp["data_folder"], f"{s}.csv") for s in hp["splits"]]
     meta = store_meta(thp["model"], tokenizer, model_file, manifests)
 
-    thp.update(tokenizer=tokenizer, nbest=hp["nbest"],
-               beam_searcher=CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
-                                                   beam_size=hp["beam_size"], topk=max(1, hp["nbest"])))
+    thp.update(nbest=hp["nbest"])
+    if hp["nbest"] > 0:
+        thp["nbest_searcher"] = NBestSearcher(tokenizer, hp["nbest"], hp["beam_size"])
     brain = ExtractBrain(modules=thp["modules"], hparams=thp, run_opts=run_opts, checkpointer=thp["checkpointer"])
     writer = SoftLabelWriter(hp["output_folder"], k=hp["k"], vocab_size=thp["model"].vocab_size,
-                             meta=meta, rank=rank, quant_step=hp["quant_step"])
+                             meta=meta, rank=rank, quant_step=hp["quant_step"], level=hp["zstd_level"])
     with writer:
         for manifest in manifests:
             n = extract(brain, make_dataset(manifest), writer, hp["batch_size"], rank, world)
