@@ -43,22 +43,26 @@ the footer and the index carry their own CRC32, and the index records each
 shard's size, so truncation and bit flips raise :class:`CorruptStoreError`
 naming the file (and utterance) instead of returning wrong labels.
 
-Disk cost (k = 20, V = 500, 25 output frames/s; both the CPU config and the
-large LibriSpeech config run at 25 frames/s, so the figures are the same):
+Disk cost at k = 20 (both the CPU config, 30 units, and the large
+LibriSpeech config, 512 units, emit 25 frames/s):
 
 * computed, uncompressed: k * (2 B index + 2 B value) = 80 B/frame
   = 7.2 MB per hour of audio (x 7,200 h = 52 GB);
-* measured by ``bench/bench_store.py`` on synthetic peaky CTC posteriors
-  (linear read-out of a smooth encoder state; see the benchmark), zstd
-  level 3: 26.6 B/frame = 2.40 MB per hour of audio (x 7,200 h = 17 GB),
-  with mean KL 6e-5 (T = 1) / 2e-4 (T = 2) nats/frame; 34 B/frame (3.1 MB/h)
-  in the worst case of i.i.d. tails. Level 9 saves 0.6 B/frame, but writing
-  then costs 4.8% of the CPU teacher's forward pass instead of 2.7%
-  (``bench/bench_extract.py``). The indices cost ~20 of the 26.6 bytes: with the exact
-  rank order kept, a tail whose ordering changes every frame is close to
-  incompressible (their order-0 entropy per rank is 14.2 B/frame). Dense
-  float32 HDF5 at V = 500 is 2,000 B/frame = 180 MB per hour (1.3 TB). A
-  real teacher's figure may differ: ``SoftLabelStore.stats()`` reports it.
+* measured, CPU config: the real stores of the main job and of the bed are
+  ~23 B/frame = 2.1 MB per hour of audio (x 7,200 h = 15 GB); see the READMEs;
+* estimated, large config (no such teacher is trained here):
+  ``bench/bench_store.py`` on synthetic peaky CTC posteriors at V = 500
+  (a linear read-out of a smooth encoder state; see the benchmark) gives
+  26.6 B/frame = 2.40 MB per hour of audio (x 7,200 h = 17 GB), with mean
+  KL 6e-5 (T = 1) / 2e-4 (T = 2) nats/frame; 34 B/frame (3.1 MB/h) in the
+  worst case of i.i.d. tails. Dense float32 HDF5 at V = 500 is 2,000 B/frame
+  = 180 MB per hour (1.3 TB).
+
+The indices cost ~20 of those 26.6 bytes: with the exact rank order kept, a
+tail whose ordering changes every frame is close to incompressible (their
+order-0 entropy per rank is 14.2 B/frame on the benchmark). zstd level 3 is
+the default: level 9 saves 0.6 B/frame, but writing then costs 4.8% of the
+CPU teacher's forward pass instead of 2.7% (``bench/bench_extract.py``).
 """
 
 import json
