@@ -72,3 +72,27 @@ def test_two_ranks_write_the_same_records_as_one(tiny_teacher, store_dir, tmp_pa
         # N-best scores are float64 sums over frames: their last bits follow the thread count
         assert [t for t, _ in one.nbest(u)] == [t for t, _ in two.nbest(u)], u
         assert [s for _, s in one.nbest(u)] == pytest.approx([s for _, s in two.nbest(u)], rel=1e-6), u
+
+
+def test_nonfinite_teacher_output_stops_with_utterance_id(tmp_path):
+    """NaN in an utterance's frames stops extraction naming it; NaN in padding is not an error."""
+    from types import SimpleNamespace
+
+    import speechbrain as sb
+
+    from kd_brain.extract import ExtractBrain
+    from kd_brain.store import SoftLabelWriter, stored_ids
+
+    brain = ExtractBrain(modules={}, hparams={}, run_opts={"device": "cpu"})
+    log_probs = torch.randn(3, 10, 6).log_softmax(-1)
+    lens = torch.tensor([1.0, 0.6, 0.8])  # 10, 6 and 8 frames
+    batch = SimpleNamespace(id=["a", "b", "c"])
+    log_probs[1, 8] = float("nan")  # padding of "b"
+    brain.writer = SoftLabelWriter(str(tmp_path / "ok"), k=3, vocab_size=6, meta={})
+    with brain.writer:
+        brain.compute_objectives((log_probs, lens), batch, sb.Stage.TEST)
+    assert stored_ids(str(tmp_path / "ok")) == {"a", "b", "c"}
+    log_probs[2, 7, 1] = float("inf")  # last real frame of "c"
+    brain.writer = SoftLabelWriter(str(tmp_path / "bad"), k=3, vocab_size=6, meta={})
+    with brain.writer, pytest.raises(ValueError, match="^c: teacher output has NaN or infinite"):
+        brain.compute_objectives((log_probs, lens), batch, sb.Stage.TEST)
