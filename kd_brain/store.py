@@ -577,15 +577,22 @@ class SoftLabelWriter:
         idx = torch.as_tensor(indices).detach().cpu().long().numpy()
         lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
         nbests = nbests or [None] * len(utt_ids)
+        if idx.ndim != 3 or idx.shape[2] != self.k or lp.shape != idx.shape:
+            raise ValueError(f"add_batch: expected [batch, time, {self.k}] indices and log-probs, "
+                             f"got {list(idx.shape)} and {list(lp.shape)}")
+        if not len(utt_ids) == len(frames) == len(nbests) == len(idx):
+            raise ValueError(f"add_batch: {len(utt_ids)} IDs, {len(frames)} frame counts, {len(nbests)} N-best "
+                             f"lists and {len(idx)} rows differ")
+        for uid, n in zip(utt_ids, frames):
+            if not 0 <= n <= idx.shape[1]:
+                raise ValueError(f"{uid}: {n} frames in a batch of {idx.shape[1]}")
         valid = (
-            idx.ndim == 3 and idx.shape[2] == self.k and lp.shape == idx.shape
-            and len(utt_ids) == len(frames) == len(nbests) == len(idx)
-            and len(set(utt_ids)) == len(utt_ids) and not any(u in self.stored_ids or not u for u in utt_ids)
-            and all(0 <= n <= idx.shape[1] for n in frames) and not any("\0" in u for u in utt_ids)
+            len(set(utt_ids)) == len(utt_ids)
+            and not any(not u or "\0" in u or u in self.stored_ids for u in utt_ids)
+            and (idx.size == 0 or (
+                np.isfinite(lp).all() and lp.max() <= 1e-3 and (lp[..., :-1] >= lp[..., 1:]).all()
+                and idx.min() >= 0 and idx.max() < self.vocab_size))
         )
-        valid = valid and (idx.size == 0 or (
-            np.isfinite(lp).all() and lp.max() <= 1e-3 and (lp[..., :-1] >= lp[..., 1:]).all()
-            and idx.min() >= 0 and idx.max() < self.vocab_size))
         if not valid:  # padding may be what fails; per utterance, the error names it
             for b, (uid, n, nb) in enumerate(zip(utt_ids, frames, nbests)):
                 self.add_topk(uid, idx[b, :n], lp[b, :n], nb)

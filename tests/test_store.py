@@ -234,3 +234,13 @@ def test_batch_writes_the_same_records_as_one_by_one(tmp_path):
     with SoftLabelWriter(str(tmp_path / "bad"), K, V, META) as w:
         with pytest.raises(ValueError, match=f"{ids[3]}: teacher output has NaN"):
             w.add_batch(ids, indices, values, frames)
+
+
+def test_batch_shape_errors_lose_nothing_silently(tmp_path):
+    x = torch.randn(2, 5, V).log_softmax(-1).topk(K, dim=-1)
+    with SoftLabelWriter(str(tmp_path), K, V, META) as w:
+        with pytest.raises(ValueError, match="2 IDs, 1 frame counts"):
+            w.add_batch(["a", "b"], x.indices, x.values, [5])
+        with pytest.raises(ValueError, match="b: 6 frames in a batch of 5"):
+            w.add_batch(["a", "b"], x.indices, x.values, [5, 6])
+    assert stored_ids(str(tmp_path)) == set()
