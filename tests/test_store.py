@@ -244,3 +244,37 @@ def test_batch_shape_errors_lose_nothing_silently(tmp_path):
         with pytest.raises(ValueError, match="b: 6 frames in a batch of 5"):
             w.add_batch(["a", "b"], x.indices, x.values, [5, 6])
     assert stored_ids(str(tmp_path)) == set()
+
+
+def test_format2_records_still_read():
+    """Stores written before format 3 (codebook as a uint16 list) decode to the same labels."""
+    from kd_brain.store import RECORD_HEAD, _decode, _level_table, _nearest_level_lut, _pack, _quantize
+
+    table = _level_table(STEP, (4.0, 4.0, 32))
+    top = UTTS["u009"].log_softmax(-1).topk(K, dim=-1)
+    idx, lp = top.indices.numpy(), top.values.numpy()
+    q1, dlevel = _quantize(lp, STEP, _nearest_level_lut(table))
+    v3 = _pack(idx, q1, dlevel, [], V)
+    codebook = np.unique(idx)
+    bitmap_end = RECORD_HEAD.size + (V + 7) // 8
+    v2 = v3[: RECORD_HEAD.size] + codebook.astype("<u2").tobytes() + v3[bitmap_end:]
+    values = (-STEP * table).astype(np.float32)
+    new, old = _decode(v3, STEP, values, V), _decode(v2, STEP, values, 0)
+    assert np.array_equal(new[0], idx) and np.array_equal(old[0], idx)
+    assert np.array_equal(new[1], old[1])
+
+
+def test_round_trip_with_two_byte_codebooks(tmp_path):
+    """Utterances using more than 256 (and 512) distinct tokens: codes take two bytes."""
+    g = torch.Generator().manual_seed(7)
+    utts = {f"w{i}": torch.randn(30 + 10 * i, 700, generator=g) for i in range(3)}
+    with SoftLabelWriter(str(tmp_path), 40, 700, META) as w:
+        for uid, x in utts.items():
+            w.add(uid, x)
+    merge_index(str(tmp_path))
+    store = SoftLabelStore(str(tmp_path))
+    for uid, x in utts.items():
+        exact = x.log_softmax(-1).topk(40, dim=-1)
+        assert len(exact.indices.unique()) > 256 * (1 + (uid == "w2"))
+        assert torch.equal(store[uid].indices, exact.indices), uid
+        assert ((store[uid].log_probs - exact.values).abs()[:, :8] <= STEP / 2 + 1e-5).all()
