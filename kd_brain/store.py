@@ -24,7 +24,7 @@ dominate the size and are nearly incompressible as raw uint16:
   per token), so the high-byte plane is mostly zeros. Format 2 stored the
   whole codebook in frequency order as uint16, 1.8 B/frame on the benchmark
   spent on an order that zstd's entropy coder does not use (format 3 is
-  3-4% smaller at every k);
+  2-4% smaller at k = 5 to 40);
 * log-probs are quantized relative to the frame's top-1: the
   top-1 on a fixed grid, ``q1 = round(-logp_1 / step)`` (``step`` =
   ``quant_step``, default 0.1 nats), every other entry as a uint8 level of
@@ -55,20 +55,20 @@ LibriSpeech config, 512 units, emit 25 frames/s):
 * computed, uncompressed: k * (2 B index + 2 B value) = 80 B/frame
   = 7.2 MB per hour of audio (x 7,200 h = 52 GB);
 * measured, CPU config: the real stores of the main job and of the bed are
-  ~23 B/frame = 2.1 MB per hour of audio (x 7,200 h = 15 GB); see the READMEs;
+  23.5 and 22.9 B/frame = 2.1 MB per hour of audio (x 7,200 h = 15 GB);
 * estimated, large config (no such teacher is trained here):
   ``bench/bench_store.py`` on synthetic peaky CTC posteriors at V = 500
   (a linear read-out of a smooth encoder state; see the benchmark) gives
-  26.6 B/frame = 2.40 MB per hour of audio (x 7,200 h = 17 GB), with mean
-  KL 6e-5 (T = 1) / 2e-4 (T = 2) nats/frame; 34 B/frame (3.1 MB/h) in the
+  25.9 B/frame = 2.33 MB per hour of audio (x 7,200 h = 17 GB), with mean
+  KL 6e-5 (T = 1) / 2e-4 (T = 2) nats/frame; 32 B/frame (2.9 MB/h) in the
   worst case of i.i.d. tails. Dense float32 HDF5 at V = 500 is 2,000 B/frame
   = 180 MB per hour (1.3 TB).
 
-The indices cost ~20 of those 26.6 bytes: with the exact rank order kept, a
+The indices cost ~19 of those 25.9 bytes: with the exact rank order kept, a
 tail whose ordering changes every frame is close to incompressible (their
 order-0 entropy per rank is 14.2 B/frame on the benchmark). zstd level 3 is
-the default: level 9 saves 0.6 B/frame, but writing then costs 4.8% of the
-CPU teacher's forward pass instead of 2.7% (``bench/bench_extract.py``).
+the default: level 9 saves ~0.6 B/frame, but writing then costs 4.8% of the
+CPU teacher's forward pass instead of 2.6-3.0% (``bench/bench_extract.py``).
 """
 
 import json
