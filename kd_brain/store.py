@@ -17,7 +17,8 @@ Record encoding (one zstd frame per utterance), chosen because the indices
 dominate the size and are nearly incompressible as raw uint16:
 
 * indices are remapped to a per-utterance codebook (the tokens that occur in
-  this utterance's top-k, ascending, stored as a bitmap over the vocabulary),
+  this utterance's top-k, ascending, stored as a bitmap over the vocabulary,
+  or as a uint16 list where that is smaller: vocabularies of many thousands),
   so they fit a byte when the codebook has <= 256 entries. Larger codebooks
   use two bytes; the tokens are then grouped by frequency (the 256 most
   frequent get high byte 0, the next 256 high byte 1, ...; one group byte
@@ -263,6 +264,13 @@ def _quantize(log_probs, step, table):
     return q1.astype("<u2"), dlevel
 
 
+def _bitmap_codebook(vocab_size, codebook_size):
+    """Whether a record stores its codebook as a bitmap over the vocabulary
+    (no larger than the uint16 list) or as the list; ``vocab_size`` 0 (format 2)
+    means the list."""
+    return 0 < (vocab_size + 7) // 8 <= 2 * codebook_size
+
+
 def _pack(indices, q1, dlevel, nbest, vocab_size):
     """Record payload (before zstd) of one utterance from its quantized log-probs."""
     frames, k = indices.shape
@@ -280,10 +288,13 @@ def _pack(indices, q1, dlevel, nbest, vocab_size):
     rank[codebook] = np.arange(len(codebook))
     width = 1 if len(codebook) <= 256 else 2
     local = np.ascontiguousarray(rank[indices].T, dtype=f"<u{width}")  # [k, F]
+    if _bitmap_codebook(vocab_size, len(codebook)):
+        codebook_bytes = np.packbits(used).tobytes() + groups
+    else:  # a large vocabulary: the list (in code order) is smaller than the bitmap
+        codebook_bytes = codebook.astype("<u2").tobytes()
     parts = [
         RECORD_HEAD.pack(frames, k, len(codebook), len(nbest)),
-        np.packbits(used).tobytes(),  # the codebook as a bitmap over the vocabulary
-        groups,
+        codebook_bytes,
         local.view(np.uint8).reshape(k, frames, width).transpose(2, 0, 1).tobytes(),
         q1.view(np.uint8).reshape(frames, 2).T.tobytes(),
         dlevel.tobytes(),  # [F, k]: one flat cumsum decodes it
@@ -302,10 +313,11 @@ def _decode(buf, step, values, vocab_size):
     level code. Indices are stored rank-major ([k, F], compresses better);
     the level differences frame-major, so one flat cumsum decodes them.
     ``vocab_size`` 0 reads a format-2 record (codebook as a uint16 list).
+    The codebook is a bitmap or a list as :func:`_bitmap_codebook` says.
     """
     frames, k, ncb, nhyp = RECORD_HEAD.unpack_from(buf, 0)
     off = RECORD_HEAD.size
-    if vocab_size:
+    if _bitmap_codebook(vocab_size, ncb):
         nbytes = (vocab_size + 7) // 8
         codebook = np.flatnonzero(np.unpackbits(np.frombuffer(buf, np.uint8, nbytes, off), count=vocab_size))
         if len(codebook) != ncb:

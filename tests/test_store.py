@@ -278,3 +278,15 @@ def test_round_trip_with_two_byte_codebooks(tmp_path):
         assert len(exact.indices.unique()) > 256 * (1 + (uid == "w2"))
         assert torch.equal(store[uid].indices, exact.indices), uid
         assert ((store[uid].log_probs - exact.values).abs()[:, :8] <= STEP / 2 + 1e-5).all()
+
+
+def test_large_vocabulary_stores_the_codebook_as_a_list(tmp_path):
+    """With 65,536 units a bitmap (8 KB) would outweigh a short utterance's labels."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 65536, generator=g)
+    with SoftLabelWriter(str(tmp_path), 5, 65536, META) as w:
+        w.add("big", x)
+    merge_index(str(tmp_path))
+    store = SoftLabelStore(str(tmp_path))
+    assert torch.equal(store["big"].indices, x.log_softmax(-1).topk(5, dim=-1).indices)
+    assert store.stats()["bytes"] < 400  # 60 tokens as a list: 120 bytes before zstd
