@@ -11,15 +11,15 @@ resumes, and a rerun over a complete store does nothing.
 
 import hashlib
 import logging
-import math
 import os
 
+import numpy as np
 import speechbrain as sb
 import torch
 
 from kd_brain.brain import CTCBrain
+from kd_brain.lm import flashlight_decode, flashlight_decoder
 from kd_brain.store import SoftLabelWriter
-from kd_brain.tokenizer import BLANK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -94,33 +94,21 @@ class NBestSearcher:
     """
 
     def __init__(self, tokenizer, nbest, beam_size):
-        from torchaudio.models.decoder import ctc_decoder
-
-        tokens = tokenizer.vocab_list()
-        if "\u2581" not in tokens:
-            raise ValueError("N-best search needs the word-boundary piece '\u2581' among the units")
-        tokens[BLANK_ID] = "<blank>"
         self.tokenizer, self.nbest = tokenizer, nbest
-        self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=None, nbest=beam_size, beam_size=beam_size,
-                                   blank_token="<blank>", sil_token="\u2581", unk_word="<unk>")
+        self.decoder = flashlight_decoder(tokenizer.vocab_list(), lexicon=None, lm=None,
+                                          nbest=beam_size, beam_size=beam_size)
 
     def __call__(self, log_probs, lens):
         """Per utterance, [(unit IDs, log score)] best first."""
-        log_probs = log_probs.detach().float().cpu().contiguous()
-        frames = torch.round(lens.cpu() * log_probs.shape[1]).int()
         out = []
-        for hyps in self.decoder(log_probs, frames):
+        for hyps in flashlight_decode(self.decoder, log_probs, lens):
             merged = {}
             for h in hyps:  # flashlight wraps each hypothesis in word boundaries: normalise via text
                 key = tuple(self.tokenizer.encode(self.tokenizer.decode(h.tokens.tolist())))
-                merged[key] = _logaddexp(merged[key], h.score) if key in merged else float(h.score)
+                merged[key] = float(np.logaddexp(merged[key], h.score)) if key in merged else float(h.score)
             best = sorted(merged.items(), key=lambda kv: -kv[1])[: self.nbest]
             out.append([(list(key), score) for key, score in best])
         return out
-
-
-def _logaddexp(a, b):
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
 class ExtractBrain(CTCBrain):

@@ -150,6 +150,29 @@ def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
     return out_dir
 
 
+def flashlight_decoder(vocab_list, **options):
+    """flashlight's CTC beam search (``torchaudio.models.decoder.ctc_decoder``) over our units.
+
+    The blank (index 0) becomes "<blank>" and the word-boundary piece "\u2581"
+    is flashlight's word separator, so the units must include it.
+    ``options`` are ``ctc_decoder``'s (lexicon, lm, nbest, beam_size, ...).
+    """
+    from torchaudio.models.decoder import ctc_decoder
+
+    if "\u2581" not in vocab_list:
+        raise ValueError("flashlight's beam search needs the word-boundary piece '\u2581' among the units")
+    tokens = list(vocab_list)
+    tokens[BLANK_ID] = "<blank>"
+    return ctc_decoder(tokens=tokens, blank_token="<blank>", sil_token="\u2581", unk_word=UNK, **options)
+
+
+def flashlight_decode(decoder, log_probs, lens):
+    """Runs a flashlight decoder on a batch of log-probs [B, T, V] and relative lengths."""
+    log_probs = log_probs.detach().float().cpu().contiguous()
+    frames = torch.round(lens.cpu() * log_probs.shape[1]).int()
+    return decoder(log_probs, frames)
+
+
 class LexiconLMDecoder:
     """CTC lexicon beam search with a word n-gram (flashlight, via torchaudio).
 
@@ -167,18 +190,9 @@ class LexiconLMDecoder:
     """
 
     def __init__(self, lm_dir, vocab_list, beam_size=50, lm_weight=1.0, word_score=0.0):
-        from torchaudio.models.decoder import ctc_decoder
-
-        if "\u2581" not in vocab_list:
-            raise ValueError("lexicon decoding needs the word-boundary piece '\u2581' among the units")
-        tokens = list(vocab_list)
-        tokens[BLANK_ID] = "<blank>"
-        self.decoder = ctc_decoder(
-            lexicon=os.path.join(lm_dir, "lexicon.txt"), tokens=tokens, lm=os.path.join(lm_dir, "words.arpa"),
-            nbest=1, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score,
-            blank_token="<blank>", sil_token="\u2581", unk_word=UNK)
+        self.decoder = flashlight_decoder(
+            vocab_list, lexicon=os.path.join(lm_dir, "lexicon.txt"), lm=os.path.join(lm_dir, "words.arpa"),
+            nbest=1, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
 
     def __call__(self, log_probs, lens):
-        log_probs = log_probs.detach().float().cpu().contiguous()
-        frames = torch.round(lens.cpu() * log_probs.shape[1]).int()
-        return [hyps[0].words if hyps else [] for hyps in self.decoder(log_probs, frames)]
+        return [hyps[0].words if hyps else [] for hyps in flashlight_decode(self.decoder, log_probs, lens)]

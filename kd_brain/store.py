@@ -565,8 +565,7 @@ class SoftLabelWriter:
         idx = torch.as_tensor(indices).detach().cpu().long().numpy()
         lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
         self._validate(utt_id, idx, lp)
-        if not np.isfinite(lp).all():
-            raise ValueError(f"{utt_id}: teacher output has NaN or infinite values; refused")
+        self._check_finite(utt_id, lp)
         if lp.size and lp.max() > 1e-3:
             raise ValueError(f"{utt_id}: positive log-probs; pass logits to add(), not add_topk()")
         if not (lp[:, :-1] >= lp[:, 1:]).all():  # torch.topk output is sorted already
@@ -628,7 +627,7 @@ class SoftLabelWriter:
         self._append(utt_id, blob, len(idx))
 
     def _check_finite(self, utt_id, x):
-        if not torch.isfinite(x).all():
+        if not np.isfinite(np.asarray(x)).all():  # a CPU tensor or an array
             raise ValueError(f"{utt_id}: teacher output has NaN or infinite values; refused")
 
     def _validate(self, utt_id, idx, lp):
