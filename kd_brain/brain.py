@@ -63,10 +63,21 @@ class CTCBrain(sb.Brain):
     """Features -> normalisation -> (SpecAugment when training) -> CTC log-probs.
 
     Expects ``hparams.compute_features`` and ``modules.normalize`` /
-    ``modules.model``; ``hparams.spec_augment`` is optional. Subclasses add
+    ``modules.model``; ``hparams.spec_augment`` is optional. Set
+    ``checkpoint`` to evaluate that checkpoint rather than the key's pick. Subclasses add
     the objective. Returns ``(log_probs [B, T, V], relative lengths)`` where
     ``round(length * T)`` is exactly ``model.output_frames(n_samples)``.
     """
+
+    checkpoint = None  # a speechbrain Checkpoint to evaluate instead of the one min_key/max_key picks
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        # Brain.evaluate recovers the most recent checkpoint unless given a key; a model that
+        # labels data must be exactly the checkpoint its outputs' metadata names.
+        if self.checkpoint is None:
+            return super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        self.checkpointer.load_checkpoint(self.checkpoint)
+        logger.info("Evaluating checkpoint %s (dev WER %s)", self.checkpoint.path, self.checkpoint.meta.get("WER"))
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)

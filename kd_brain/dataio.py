@@ -1,10 +1,14 @@
 """Datasets and audio reading for training and evaluation."""
 
+import logging
+
 import soundfile as sf
 import speechbrain as sb
 import torch
 
 from kd_brain.data import CorpusError
+
+logger = logging.getLogger(__name__)
 
 
 def read_audio(path):
@@ -69,7 +73,7 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None):
     return ds
 
 
-def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nbest=False):
+def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nbest=False, labelled_only=False):
     """Training set for the student: several manifests, transcripts where they exist.
 
     Rows of manifests without a ``wrd`` column (the unlabelled pool) get
@@ -89,6 +93,9 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
     store : kd_brain.store.SoftLabelStore, optional
     nbest : bool
         Also read the stored N-best lists.
+    labelled_only : bool
+        Leave out rows without a transcript (criteria whose targets are
+        transcripts: CTC, MWER); an error if none is left.
     """
     from kd_brain.data import read_csv
 
@@ -98,6 +105,14 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
             if row["ID"] in data:
                 raise CorpusError(f"{path}: utterance {row['ID']} is also in another training manifest")
             data[row["ID"]] = {"wav": row["wav"], "duration": float(row["duration"]), "wrd": row.get("wrd", "")}
+    if labelled_only:
+        n_all = len(data)
+        data = {u: d for u, d in data.items() if d["wrd"]}
+        if not data:
+            raise CorpusError(f"train_splits {manifests}: no utterance has a transcript, and the criterion needs one")
+        if len(data) < n_all:
+            logger.info("%d of %d training utterances have no transcript: left out (the criterion needs one)",
+                        n_all - len(data), n_all)
     ds = sb.dataio.dataset.DynamicItemDataset(data)
     keys = ["id", "sig", "wrd", "tokens", "labelled"]
 

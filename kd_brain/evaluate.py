@@ -62,7 +62,7 @@ class EvalBrain(CTCBrain):
         if stage != sb.Stage.TEST:
             return
         out_dir = self.hparams.output_folder
-        scores = {"n_utts": len(self.pairs["greedy"])}
+        scores, utt_errors = {"n_utts": len(self.pairs["greedy"])}, {}
         for dec in self.metrics:
             wer = self.metrics[dec].summarize("error_rate")
             check = 100 * jiwer.wer([" ".join(r) for r, _ in self.pairs[dec]],
@@ -72,6 +72,10 @@ class EvalBrain(CTCBrain):
             with open(os.path.join(out_dir, f"wer_{self.condition}_{dec}.txt"), "w") as f:
                 self.metrics[dec].write_stats(f)
             scores[dec] = round(wer, 2)
+            # per-utterance counts, so paired-bootstrap intervals can be recomputed (kd_brain.bootstrap)
+            utt_errors[dec] = {u["key"]: [int(u["num_edits"]), int(u["num_ref_tokens"])]
+                               for u in self.metrics[dec].scores}
+        scores["utt_errors"] = utt_errors
         self.results[self.condition] = scores
         logger.info("%s: %s", self.condition, scores)
 
@@ -86,14 +90,18 @@ def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):
     for name, dataset in conditions.items():
         brain.condition = name
         brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=dict(loader_kwargs or {}))
+        # speaker of each utterance: the block bootstrap resamples speakers
+        brain.results[name]["speakers"] = {u: dataset.data[u].get("spk_id", u) for u in dataset.data_ids}
     return brain.results
 
 
 def update_results(results_dir, model_name, scores):
-    """Merges one model's ``{condition: {"greedy", "beam"[, "lm"], "n_utts"}}``
-    into ``scores.json`` (everything) and ``results.json`` (model -> condition
-    -> WER of the best decoder, see ``headline``), rewrites ``results.md``;
-    returns the markdown.
+    """Merges one model's ``{condition: {"greedy", "beam"[, "lm"], "n_utts", "utt_errors", "speakers"}}``
+    into ``scores.json`` (everything) and ``results.json`` (``wer``: model ->
+    condition -> WER of the headline decoder, see ``headline``; ``utt_errors``:
+    model -> condition -> utterance -> [word errors, reference words] of that
+    decoder; ``speakers``: condition -> utterance -> speaker), rewrites
+    ``results.md``; returns the markdown.
 
     Example
     -------
@@ -102,7 +110,7 @@ def update_results(results_dir, model_name, scores):
     >>> md = update_results(d, "teacher", {"clean": {"greedy": 10.0, "beam": 9.5, "n_utts": 3}})
     >>> print(md.splitlines()[2])
     | teacher | beam | 9.50 |
-    >>> json.load(open(os.path.join(d, "results.json")))
+    >>> json.load(open(os.path.join(d, "results.json")))["wer"]
     {'teacher': {'clean': 9.5}}
     """
     path = os.path.join(results_dir, "scores.json")
@@ -113,12 +121,22 @@ def update_results(results_dir, model_name, scores):
     table[model_name] = scores
     os.makedirs(results_dir, exist_ok=True)
     _write_json(path, table)
-    _write_json(os.path.join(results_dir, "results.json"),
-                {m: {c: s[headline(s)] for c, s in conds.items()} for m, conds in table.items()})
+    _write_json(os.path.join(results_dir, "results.json"), headline_results(table))
     md = results_markdown(table)
     with open(os.path.join(results_dir, "results.md"), "w") as f:
         f.write(md)
     return md
+
+
+def headline_results(table):
+    """``results.json`` from ``scores.json``: headline WER, per-utterance counts and speakers."""
+    out = {"wer": {}, "utt_errors": {}, "speakers": {}}
+    for model, conds in table.items():
+        out["wer"][model] = {c: s[headline(s)] for c, s in conds.items()}
+        out["utt_errors"][model] = {c: s["utt_errors"][headline(s)] for c, s in conds.items() if "utt_errors" in s}
+        for c, s in conds.items():
+            out["speakers"].setdefault(c, {}).update(s.get("speakers", {}))
+    return out
 
 
 def headline(scores):

@@ -187,12 +187,19 @@ class LexiconLMDecoder:
         Pieces in output order; index 0 is the CTC blank.
     beam_size, lm_weight, word_score : float
         Beam width, LM scale and per-word bonus (tune on dev).
+    nbest : int
+        Hypotheses kept per utterance, for ``nbest_texts`` (MWER's N-best).
     """
 
-    def __init__(self, lm_dir, vocab_list, beam_size=50, lm_weight=1.0, word_score=0.0):
+    def __init__(self, lm_dir, vocab_list, beam_size=50, lm_weight=1.0, word_score=0.0, nbest=1):
         self.decoder = flashlight_decoder(
             vocab_list, lexicon=os.path.join(lm_dir, "lexicon.txt"), lm=os.path.join(lm_dir, "words.arpa"),
-            nbest=1, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
+            nbest=nbest, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
 
     def __call__(self, log_probs, lens):
         return [hyps[0].words if hyps else [] for hyps in flashlight_decode(self.decoder, log_probs, lens)]
+
+    def nbest_texts(self, log_probs, lens):
+        """Per utterance, the distinct hypothesis texts, best first."""
+        return [list(dict.fromkeys(" ".join(h.words) for h in hyps))
+                for hyps in flashlight_decode(self.decoder, log_probs, lens)]

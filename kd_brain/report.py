@@ -1,13 +1,21 @@
-"""The paper's table: WER per model and condition, relative change vs the reference teacher.
+"""The paper's table: WER per model and condition, relative changes with bootstrap intervals.
 
 Mošner et al. report each student against the sequence-trained teacher
-(-10% / -29% / -20% relative WER on clean / simulated-noisy / re-recorded);
-``paper_table`` does the same from ``results.json`` (model -> condition ->
-WER) and ``bar_chart`` draws it.
+(-10% / -29% / -20% relative WER on clean / simulated-noisy / re-recorded).
+``paper_table`` does the same from one or several runs' ``results.json``
+(one per seed): WER as mean ± std over runs, and every other model against
+each reference teacher as the relative change of the errors pooled over runs,
+with its 95% paired-bootstrap interval and the probability of improvement
+(``kd_brain.bootstrap``). The headline comparison also gets a per-speaker
+(block) interval, and each of its cells a verdict. ``bar_chart`` draws the WERs.
 """
 
 import json
 import os
+
+import numpy as np
+
+from kd_brain.bootstrap import compare, pooled_counts, verdict
 
 
 def relative_change(wer, reference):
@@ -21,49 +29,122 @@ def relative_change(wer, reference):
     return round(100.0 * (wer - reference) / reference, 1) if reference else float("nan")
 
 
-def paper_table(results, models, conditions, reference):
-    """Markdown: a row per model (WER), then a row per student with the change vs ``reference``.
+def wer_cell(values):
+    """One run: ``17.83``; several: ``17.83 ± 0.52`` (mean ± sample std).
 
     Example
     -------
-    >>> r = {"teacher_seq": {"clean": 10.0}, "student": {"clean": 9.0}}
-    >>> print(paper_table(r, ["teacher_seq", "student"], ["clean"], "teacher_seq").splitlines()[-1])
-    | student vs teacher_seq | -10.0% |
+    >>> wer_cell([10.0]), wer_cell([10.0, 12.0])
+    ('10.00', '11.00 ± 1.41')
     """
-    models = [m for m in models if m in results]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def interval_cell(c):
+    """``-57.9% [-60.8, -55.0] P=1.00``: change, 95% interval, probability of improvement."""
+    return f"{c['rel']:+.1f}% [{c['lo']:+.1f}, {c['hi']:+.1f}] P={c['p_better']:.2f}"
+
+
+def comparisons(runs, models, conditions, references):
+    """``{(model, reference): {condition: bootstrap result}}`` with errors pooled over ``runs``."""
+    speakers = {}
+    for r in runs:
+        for cond, spk in r.get("speakers", {}).items():
+            speakers.setdefault(cond, {}).update(spk)
+    out = {}
+    for ref in references:
+        ref_runs = [r["utt_errors"][ref] for r in runs if ref in r.get("utt_errors", {})]
+        for m in models:
+            m_runs = [r["utt_errors"][m] for r in runs if m in r.get("utt_errors", {})]
+            if m == ref or not ref_runs or not m_runs:
+                continue
+            cells = {}
+            for cond in conditions:
+                a, b = pooled_counts(ref_runs, cond), pooled_counts(m_runs, cond)
+                if a and b:
+                    cells[cond] = compare(a, b, speakers.get(cond))
+            out[(m, ref)] = cells
+    return out
+
+
+def paper_table(runs, models, conditions, references=("teacher_seq", "teacher"), headline=("student", "teacher_seq")):
+    """Markdown: WER rows, then every model against each reference with intervals.
+
+    ``runs`` is a list of ``results.json`` contents (one per seed). Returns
+    ``(markdown, summary)``; ``summary`` holds the numbers for a JSON file.
+
+    Example
+    -------
+    >>> run = {"wer": {"teacher_seq": {"clean": 20.0}, "student": {"clean": 10.0}},
+    ...        "utt_errors": {"teacher_seq": {"clean": {f"u{i}": [2, 10] for i in range(50)}},
+    ...                       "student": {"clean": {f"u{i}": [1, 10] for i in range(50)}}},
+    ...        "speakers": {"clean": {f"u{i}": f"s{i % 5}" for i in range(50)}}}
+    >>> md, summary = paper_table([run], ["teacher_seq", "student"], ["clean"])
+    >>> print(md.splitlines()[3])
+    | student | 10.00 |
+    >>> print(md.splitlines()[4])
+    | student vs teacher_seq | -50.0% [-50.0, -50.0] P=1.00 |
+    """
+    models = [m for m in models if any(m in r["wer"] for r in runs)]
     head = "| model | " + " | ".join(conditions) + " |\n|---|" + "---|" * len(conditions) + "\n"
-    rows = ["| " + m + " | " + " | ".join(_cell(results[m].get(c)) for c in conditions) + " |" for m in models]
-    ref = results.get(reference, {})
+    rows, summary = [], {"runs": len(runs), "wer": {}, "changes": {}}
     for m in models:
-        if m.startswith("student") and ref:
-            cells = [f"{relative_change(results[m][c], ref[c]):+.1f}%" if c in results[m] and c in ref else "-"
-                     for c in conditions]
-            rows.append(f"| {m} vs {reference} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows) + "\n"
+        cells = []
+        for c in conditions:
+            values = [r["wer"][m][c] for r in runs if c in r["wer"].get(m, {})]
+            cells.append(wer_cell(values))
+            summary["wer"].setdefault(m, {})[c] = {"mean": float(np.mean(values)) if values else None,
+                                                   "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                                                   "runs": values}
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    comps = comparisons(runs, models, conditions, references)
+    for ref in references:
+        for m in models:
+            if (m, ref) not in comps:
+                continue
+            cells = comps[(m, ref)]
+            rows.append(f"| {m} vs {ref} | " + " | ".join(interval_cell(cells[c]) if c in cells else "-"
+                                                          for c in conditions) + " |")
+            summary["changes"][f"{m} vs {ref}"] = cells
+    lines = [head + "\n".join(rows)]
+    if tuple(headline) in comps:
+        m, ref = headline
+        cells = comps[(m, ref)]
+        block = [interval_cell(cells[c]["block"]) if "block" in cells.get(c, {}) else "-" for c in conditions]
+        lines.append(f"\n{m} vs {ref}, resampling whole speakers (block bootstrap): " + "; ".join(
+            f"{c} {b}" for c, b in zip(conditions, block)))
+        lines.append(f"Verdict, {m} vs {ref}: " + "; ".join(
+            f"{c}: {verdict(cells[c])}" for c in conditions if c in cells) + ".")
+    pooled = f" (errors pooled over {len(runs)} seeds)" if len(runs) > 1 else ""
+    lines.append(f"Changes: relative WER change, 95% paired-bootstrap interval over test utterances{pooled}, "
+                 "P = probability of improvement.")
+    return "\n".join(lines) + "\n", summary
 
 
-def _cell(x):
-    return "-" if x is None else f"{x:.2f}"
-
-
-def bar_chart(results, models, conditions, path, title="WER (%)"):
-    """Grouped bars: one group per condition, one bar per model; written as PNG."""
+def bar_chart(runs, models, conditions, path, title="WER (%)"):
+    """Grouped bars (mean over runs, std as error bar): one group per condition; written as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m in models if m in results]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    models = [m for m in models if any(m in r["wer"] for r in runs)]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.8 / max(1, len(models))
     for i, m in enumerate(models):
         xs = [j + i * width for j in range(len(conditions))]
-        ys = [results[m].get(c, 0.0) for c in conditions]
-        bars = ax.bar(xs, ys, width, label=m)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        vals = [[r["wer"][m][c] for r in runs if c in r["wer"].get(m, {})] for c in conditions]
+        ys = [float(np.mean(v)) if v else 0.0 for v in vals]
+        err = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
+        bars = ax.bar(xs, ys, width, yerr=err if len(runs) > 1 else None, label=m)
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(conditions))], conditions)
     ax.set_ylabel(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

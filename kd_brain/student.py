@@ -102,17 +102,25 @@ class StudentBrain(TeacherBrain):
     def _loss_sequence(self, criterion, log_probs, lens, batch):
         return criterion(log_probs, lens, batch.kd_nbest)
 
+    def _require_transcripts(self, batch):
+        """Invariant: CTC and MWER targets are real transcripts, never the unlabelled rows' placeholder."""
+        missing = [u for u, has in zip(batch.id, batch.labelled.data[:, 0].tolist()) if not has]
+        if missing:
+            raise ValueError(f"criterion={self.hparams.criterion}: utterance {missing[0]} has no transcript; "
+                             "train_splits must hold transcribed rows only (train.py leaves the others out)")
+
     def _loss_ctc(self, criterion, log_probs, lens, batch):
+        self._require_transcripts(batch)
         tokens, token_lens = batch.tokens
         return sb.nnet.losses.ctc_loss(log_probs, tokens, lens, token_lens, blank_index=BLANK_ID)
 
     def _loss_mwer(self, criterion, log_probs, lens, batch):
+        self._require_transcripts(batch)
         tokenizer = self.hparams.tokenizer
-        with torch.no_grad():
-            beams = self.hparams.nbest_searcher(log_probs.detach(), lens)
+        with torch.no_grad():  # distinct texts, best first (kd_brain.modeldir.nbest_searcher)
+            nbests = self.hparams.nbest_searcher(log_probs.detach(), lens)
         hyp_tokens, hyp_errors = [], []
-        for utt_beams, ref in zip(beams, batch.wrd):
-            hyps = list(dict.fromkeys(h.text for h in utt_beams))  # distinct texts, best first
+        for hyps, ref in zip(nbests, batch.wrd):
             hyp_tokens.append([tokenizer.encode(h) for h in hyps])
             hyp_errors.append([word_errors(ref.split(), h.split()) for h in hyps])
         tokens, token_lens = batch.tokens

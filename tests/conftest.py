@@ -87,3 +87,26 @@ def tiny_teacher(tiny_corpus, tmp_path_factory):
     load_recipe("train").main([str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}",
                                f"--exp_folder={exp}", "--noprogressbar"] + overrides_argv(number_of_epochs=1))
     return exp
+
+
+# Model and batch settings of the tiny teacher, for student configs.
+MODEL_KEYS = ["d_model", "num_layers", "nhead", "d_ffn", "frontend_channels", "n_mels", "vocab_size",
+              "beam_size", "num_workers", "test_batch_size", "batch_seconds", "num_buckets"]
+
+
+@pytest.fixture(scope="session")
+def kd_exp(tiny_teacher):
+    """The tiny teacher's folder with a soft-label store and a small room bank."""
+    from kd_brain.rooms import simulate_room_bank
+
+    load_recipe("extract").main([str(REPO / "hparams" / "extract.yaml"), f"--exp_folder={tiny_teacher}",
+                                 "--noprogressbar", "--k=5", "--nbest=2", "--beam_size=2"])
+    simulate_room_bank(str(tiny_teacher / "rooms.pt"), n_rooms=6, n_test_rooms=2, num_workers=1)
+    return tiny_teacher
+
+
+def student_argv(exp, *extra):
+    """A student config shrunk like the tiny teacher, in ``exp``."""
+    tiny = [f"--{k}={TINY_OVERRIDES[k]}" for k in MODEL_KEYS]
+    return [str(REPO / "hparams" / "student.yaml"), f"--exp_folder={exp}", "--noprogressbar", "--k=5",
+            "--mwer_nbest=2", *tiny, *extra]

@@ -31,7 +31,7 @@ def test_every_utterance_stored_with_model_frame_count(tiny_teacher, store_dir):
     store = SoftLabelStore(str(store_dir))
     rows = read_csv(tiny_teacher / "data" / "labelled.csv") + read_csv(tiny_teacher / "data" / "unlabelled.csv")
     assert sorted(store) == sorted(r["ID"] for r in rows)
-    thp, _ = load_recipe("extract").load_teacher(str(tiny_teacher / "teacher"))
+    thp, _, _ = load_recipe("extract").load_teacher(str(tiny_teacher / "teacher"))
     for r in rows:
         labels = store[r["ID"]]
         assert labels.indices.shape == labels.log_probs.shape

@@ -7,28 +7,9 @@ import pytest
 import speechbrain as sb
 import torch
 
-from kd_brain.rooms import simulate_room_bank
+from kd_brain.modeldir import load_tokenizer, origin_config
 from kd_brain.student import FrameMismatchError, StudentBrain
-from tests.conftest import REPO, TINY_OVERRIDES, load_recipe
-
-MODEL_KEYS = ["d_model", "num_layers", "nhead", "d_ffn", "frontend_channels", "n_mels", "vocab_size",
-              "beam_size", "num_workers", "test_batch_size", "batch_seconds", "num_buckets"]
-
-
-@pytest.fixture(scope="module")
-def kd_exp(tiny_teacher):
-    """The tiny teacher's folder with a soft-label store and a small room bank."""
-    load_recipe("extract").main([str(REPO / "hparams" / "extract.yaml"), f"--exp_folder={tiny_teacher}",
-                                 "--noprogressbar", "--k=5", "--nbest=2", "--beam_size=2"])
-    simulate_room_bank(str(tiny_teacher / "rooms.pt"), n_rooms=6, n_test_rooms=2, num_workers=1)
-    return tiny_teacher
-
-
-def student_argv(exp, *extra):
-    tiny = [f"--{k}={TINY_OVERRIDES[k]}" for k in MODEL_KEYS]
-    return [str(REPO / "hparams" / "student.yaml"), f"--exp_folder={exp}", "--noprogressbar", "--k=5",
-            "--mwer_nbest=2", *tiny, *extra]
-
+from tests.conftest import load_recipe, student_argv
 
 def curve(exp, model):
     with open(exp / model / "curve.csv") as f:
@@ -62,8 +43,8 @@ def test_student_frame_kd_loss_decreases(kd_exp):
 
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
-    thp = train.load_saved_hparams(hp["teacher_dir"])
-    hp["tokenizer"] = tok = train.load_tokenizer(thp)
+    thp = origin_config(hp["teacher_dir"])
+    hp["tokenizer"] = tok = load_tokenizer(thp)
     train_set, _ = train.student_data(hp, tok, thp["data_folder"])
     brain = StudentBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
                          run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=None)

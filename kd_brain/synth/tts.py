@@ -317,7 +317,11 @@ class Synthesizer:
     def _piper(self, text, voice, rate, pitch):
         from piper import SynthesisConfig
 
-        chunks = self._piper_voice().synthesize(text, SynthesisConfig(length_scale=pitch / rate))
+        # piper's VITS draws its own noise (onnxruntime's unseeded RandomNormalLike): with both noise
+        # scales at 0 nothing draws, so the same seed gives byte-identical audio; voice variety comes
+        # from our seeded rate and pitch (and per-utterance level), as for the other engines
+        config = SynthesisConfig(length_scale=pitch / rate, noise_scale=0.0, noise_w_scale=0.0)
+        chunks = self._piper_voice().synthesize(text, config)
         audio = np.concatenate([c.audio_float_array for c in chunks])
         return audio, self._piper_voice().config.sample_rate * pitch
 

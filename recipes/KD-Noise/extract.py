@@ -16,18 +16,16 @@ from hyperpyyaml import load_hyperpyyaml
 
 from kd_brain.dataio import make_dataset
 from kd_brain.extract import ExtractBrain, NBestSearcher, extract, store_meta
+from kd_brain.modeldir import best_checkpoint, load_tokenizer, origin_config, saved_config
 from kd_brain.store import SoftLabelWriter, merge_index
-from kd_brain.tokenizer import Tokenizer, tokenizer_dir
 
 
 def load_teacher(teacher_dir):
-    """The teacher's saved config (overrides included) and its best checkpoint's model file."""
-    with open(os.path.join(teacher_dir, "hyperparams.yaml")) as f:
-        thp = load_hyperpyyaml(f)
-    best = thp["checkpointer"].find_checkpoint(min_key="WER")
-    if best is None:
-        raise FileNotFoundError(f"{teacher_dir}/save: no checkpoint with a dev WER; train the teacher first")
-    return thp, best.paramfiles["model"]
+    """Any trained model folder as label source: its own config (the model) and best checkpoint,
+    the origin config's data folder and tokenizer (a sequence-trained teacher or a student has none)."""
+    mhp, origin = saved_config(teacher_dir), origin_config(teacher_dir)
+    best = best_checkpoint(mhp["checkpointer"], f"teacher_dir={teacher_dir}")
+    return mhp, origin, best
 
 
 def main(argv):
@@ -36,15 +34,20 @@ def main(argv):
         hp = load_hyperpyyaml(f, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    thp, model_file = load_teacher(hp["teacher_dir"])
-    tokenizer = Tokenizer(os.path.join(tokenizer_dir(thp), "tokenizer.model"))
-    manifests = [os.path.join(thp["data_folder"], f"{s}.csv") for s in hp["splits"]]
-    meta = store_meta(thp["model"], tokenizer, model_file, manifests)
+    thp, origin, best = load_teacher(hp["teacher_dir"])
+    if thp.get("num_threads"):
+        torch.set_num_threads(thp["num_threads"])
+    tokenizer = load_tokenizer(origin, thp["model"].vocab_size)
+    manifests = [os.path.join(origin["data_folder"], f"{s}.csv") for s in hp["splits"]]
+    meta = store_meta(thp["model"], tokenizer, best.paramfiles["model"], manifests)
+    meta.update(teacher_dir=hp["teacher_dir"], teacher_checkpoint=os.path.relpath(best.path, hp["teacher_dir"]),
+                teacher_dev_wer=best.meta.get("WER"))
 
     thp.update(nbest=hp["nbest"])
     if hp["nbest"] > 0:
         thp["nbest_searcher"] = NBestSearcher(tokenizer, hp["nbest"], hp["beam_size"])
     brain = ExtractBrain(modules=thp["modules"], hparams=thp, run_opts=run_opts, checkpointer=thp["checkpointer"])
+    brain.checkpoint = best  # the lowest-dev-WER checkpoint, the one the metadata names
     writer = SoftLabelWriter(hp["output_folder"], k=hp["k"], vocab_size=thp["model"].vocab_size,
                              meta=meta, rank=rank, quant_step=hp["quant_step"], level=hp["zstd_level"])
     with writer:

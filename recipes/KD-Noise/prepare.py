@@ -39,7 +39,7 @@ def main(argv):
     if "rerecorded" not in conditions:
         print(f"prepare: {shp['rir_csv']} not found: the rerecorded condition (measured rooms) is skipped")
     paths = write_conditions(
-        os.path.join(thp["data_folder"], "test_clean.csv"), os.path.join(shp["exp_folder"], "conditions"),
+        os.path.join(thp["data_folder"], "test_clean.csv"), os.path.join(shp["prep_folder"], "conditions"),
         mix["noise_csv"], shp["room_bank"], shp["rir_csv"], noise_root=mix["noise_root"], conditions=conditions,
         seed=shp["seed"], test_fraction=mix["test_fraction"], split_seed=mix["split_seed"],
         reserved_sources=mix["reserved_sources"], n_noise_probs=mix["n_noise_probs"],

@@ -23,35 +23,62 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 R = "recipes/KD-Noise"
-MODELS = ["teacher", "teacher_seq", "student", "student_seq"]
+MODELS = ["teacher", "teacher_seq", "multicondition", "pseudo_label", "student", "student_seq"]
 CONDITIONS = ["clean", "noisy_sim", "rerecorded"]
 TEACHER_SEQ = ["--criterion=mwer", "--model_name=teacher_seq", "--init_from=teacher",
                "--train_splits=[labelled]", "--contaminate=False", "--number_of_epochs=1"]
 STUDENT_SEQ = ["--criterion=mwer", "--model_name=student_seq", "--init_from=student", "--train_splits=[labelled]",
                "--number_of_epochs=1"]
+# Baselines: the student's initialisation (init_from), contaminator and epochs; only the targets differ.
+MULTICONDITION = ["--criterion=ctc", "--model_name=multicondition", "--train_splits=[labelled]"]
 
 
-def stages(corpus, hours, exp):
-    """[(name, argv)] for a corpus; argv runs from the repository root."""
+def pseudo_label_args(run):
+    return ["--criterion=ctc", "--model_name=pseudo_label",
+            f"--train_splits=[labelled,{run}/pseudo_labels/unlabelled.csv]"]
+
+
+def yaml_seed(path):
+    with open(os.path.join(REPO, path)) as f:
+        return int(re.search(r"^seed: (\d+)", f.read(), flags=re.M).group(1))
+
+
+def stages(corpus, hours, exp, seed_index=0):
+    """[(name, argv)] for a corpus; argv runs from the repository root.
+
+    Seed 0 is the default run in ``exp``; seed i > 0 trains every model again
+    in ``exp/seed<i>`` with seeds offset by i, on the corpus, manifests,
+    tokenizer, LM and test conditions of ``exp`` (``prep_folder``).
+    """
+    run = exp if seed_index == 0 else f"{exp}/seed{seed_index}"
     if corpus == "synthetic":
-        teacher = ["hparams/teacher.yaml", f"--exp_folder={exp}", f"--corpus_dir={exp}/corpus"]
+        teacher = ["hparams/teacher.yaml", f"--exp_folder={run}", f"--corpus_dir={exp}/corpus"]
         noise = [] if os.path.isdir(SHARED) else [  # no real media: the corpus's own TTS talk and synth music
             f"--noise_csv={exp}/corpus/noise/noise.csv", "--reserved_sources=[]"]
-        first = [("corpus", [f"{R}/make_synthetic.py", "--out", f"{exp}/corpus", "--hours", str(hours)])]
+        first = [("corpus", [f"{R}/make_synthetic.py", "--out", f"{exp}/corpus", "--hours", str(hours),
+                             "--train-speakers", "165"])]
     else:
         # From scratch the bed teacher stays at the CTC plateau on 2 cores; it starts from the
         # synthetic-corpus teacher of the main job (run that first).
-        teacher = ["hparams/teacher_bed.yaml", f"--exp_folder={exp}", "--init_from=exp/synthetic/teacher"]
+        teacher = ["hparams/teacher_bed.yaml", f"--exp_folder={run}", "--init_from=exp/synthetic/teacher"]
         noise, first = [], []
-    student = ["hparams/student.yaml", f"--exp_folder={exp}"] + noise
-    return first + [
-        ("prepare", [f"{R}/prepare.py", teacher[0], "hparams/student.yaml"] + teacher[1:] + noise),
+    student = ["hparams/student.yaml", f"--exp_folder={run}"] + noise
+    if seed_index:
+        teacher += [f"--prep_folder={exp}", f"--seed={yaml_seed(teacher[0]) + seed_index}"]
+        student += [f"--prep_folder={exp}", f"--seed={yaml_seed(student[0]) + seed_index}"]
+        first = []
+    plan = first if seed_index else first + [
+        ("prepare", [f"{R}/prepare.py", teacher[0], "hparams/student.yaml"] + teacher[1:] + noise)]
+    return plan + [
         ("teacher", [f"{R}/train.py"] + teacher),
         ("teacher_seq", [f"{R}/train.py"] + student + TEACHER_SEQ),
-        ("extract", [f"{R}/extract.py", "hparams/extract.yaml", f"--exp_folder={exp}"]),
+        ("extract", [f"{R}/extract.py", "hparams/extract.yaml", f"--exp_folder={run}"]),
         ("student", [f"{R}/train.py"] + student),
         ("student_seq", [f"{R}/train.py"] + student + STUDENT_SEQ),
-    ]
+        ("multicondition", [f"{R}/train.py"] + student + MULTICONDITION),
+        ("pseudo_labels", [f"{R}/pseudo_label.py", "hparams/extract.yaml", f"--exp_folder={run}"]),
+        ("pseudo_label", [f"{R}/train.py"] + student + pseudo_label_args(run)),
+    ], run
 
 
 def yaml_keys(path):
@@ -72,8 +99,20 @@ def merge(argv, extra):
     return [a for a in argv if a.split("=", 1)[0] not in keys] + extra
 
 
-def run_stage(exp, name, argv, extra, force):
-    done = os.path.join(REPO, exp, "stages", f"{name}.done")
+def commit():
+    """The checked-out commit (with "+dirty" when the work tree has changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_stage(run, name, argv, extra, force):
+    done = os.path.join(REPO, run, "stages", f"{name}.done")
     if os.path.isfile(done) and not force:
         print(f"=== stage {name}: done earlier, skipped (delete {os.path.relpath(done, REPO)} to redo)", flush=True)
         return
@@ -85,46 +124,73 @@ def run_stage(exp, name, argv, extra, force):
     seconds = round(time.time() - t0)
     os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done, "w") as f:
-        json.dump({"seconds": seconds, "command": "python " + " ".join(argv)}, f)
+        json.dump({"seconds": seconds, "command": "python " + " ".join(argv), "commit": commit()}, f)
     print(f"=== stage {name} done in {seconds} s", flush=True)
 
 
-def report(exp, order):
-    """Prints and writes the paper's table and its bar chart."""
+def stage_log(run, order):
+    """{stage: its .done record (seconds, command, commit)} of the stages that finished in ``run``."""
+    out = {}
+    for name in order:
+        path = os.path.join(REPO, run, "stages", f"{name}.done")
+        if os.path.isfile(path):
+            with open(path) as f:
+                out[name] = json.load(f)
+    return out
+
+
+def report(exp, runs, order):
+    """Prints and writes the paper's table (mean ± std over seed runs, bootstrap intervals) and its chart."""
     sys.path.insert(0, REPO)
     from kd_brain.report import bar_chart, load_results, paper_table
 
-    results = load_results(os.path.join(REPO, exp))
-    conds = [c for c in CONDITIONS if any(c in r for r in results.values())]
-    table = paper_table(results, MODELS, conds, reference="teacher_seq")
-    times = {}
-    for name in order:
-        path = os.path.join(REPO, exp, "stages", f"{name}.done")
-        if os.path.isfile(path):
-            with open(path) as f:
-                times[name] = json.load(f)["seconds"]
-    with open(os.path.join(REPO, exp, "paper_table.md"), "w") as f:
-        f.write(table + f"\nStage wall times (s): {json.dumps(times)}\n")
-    bar_chart(results, MODELS, conds, os.path.join(REPO, exp, "paper_table.png"))
-    print(f"\nWER (%) on {exp} (best decoder: word n-gram if configured, else beam; {exp}/results.json, paper_table.md, paper_table.png):\n{table}")
-    print(f"Stage wall times (s): {times}; total {sum(times.values())} s")
+    results = [load_results(os.path.join(REPO, r)) for r in runs if os.path.isfile(os.path.join(REPO, r, "results.json"))]
+    conds = [c for c in CONDITIONS if any(c in m for r in results for m in r["wer"].values())]
+    table, summary = paper_table(results, MODELS, conds)
+    logs = {r: stage_log(r, order) for r in runs}
+    lines = [f"\nStage wall times (s), commands and commits:"]
+    for r, log in logs.items():
+        total = sum(v["seconds"] for v in log.values())
+        lines.append(f"- {r}: total {total} s")
+        lines += [f"  - {name} ({v['seconds']} s, commit {v.get('commit', '?')}): `{v['command']}`"
+                  for name, v in log.items()]
+    name = "paper_table" if len(runs) == 1 else f"paper_table_{len(runs)}seeds"
+    with open(os.path.join(REPO, exp, name + ".md"), "w") as f:
+        f.write(table + "\n".join(lines) + "\n")
+    with open(os.path.join(REPO, exp, name + ".json"), "w") as f:
+        json.dump({**summary, "stages": logs, "report_commit": commit()}, f, indent=1)
+    bar_chart(results, MODELS, conds, os.path.join(REPO, exp, name + ".png"))
+    seeds = f", {len(results)} seeds" if len(results) > 1 else ""
+    print(f"\nWER (%) on {exp}{seeds} (headline decoder: word n-gram if configured, else beam; "
+          f"{exp}/{name}.md, .json, .png):\n{table}")
+    for r, log in logs.items():
+        print(f"Stage wall times (s), {r}: {({k: v['seconds'] for k, v in log.items()})}; "
+              f"total {sum(v['seconds'] for v in log.values())} s")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="synthetic", choices=["synthetic", "speechocean762"])
-    parser.add_argument("--hours", type=float, default=3.0, help="size of the synthetic corpus")
+    parser.add_argument("--hours", type=float, default=3.3, help="size of the synthetic corpus")
     parser.add_argument("--exp", help="experiment folder (default: exp/<corpus>)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every model N times with different seeds (same corpus and test sets)")
     parser.add_argument("--stages", nargs="*", help="run only these stages, even if done")
     args, extra = parser.parse_known_args()
     exp = args.exp or f"exp/{args.corpus}"
-    plan = stages(args.corpus, args.hours, exp)
     if args.corpus == "speechocean762" and not os.path.isdir(SHARED):
         sys.exit(f"{SHARED} not found: the real bed needs ../shared/data beside the repository")
-    for name, argv in plan:
-        if not args.stages or name in args.stages:
-            run_stage(exp, name, argv, extra, force=bool(args.stages))
-    report(exp, [name for name, _ in plan])
+    runs, order = [], []
+    for i in range(args.seeds):
+        plan, run = stages(args.corpus, args.hours, exp, seed_index=i)
+        if args.seeds > 1:
+            print(f"\n##### seed run {i + 1} of {args.seeds}: {run}", flush=True)
+        for name, argv in plan:
+            if not args.stages or name in args.stages:
+                run_stage(run, name, argv, extra, force=bool(args.stages))
+        runs.append(run)
+        order += [name for name, _ in plan if name not in order]
+    report(exp, runs, order)
 
 
 if __name__ == "__main__":

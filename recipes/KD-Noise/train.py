@@ -18,6 +18,7 @@ import os
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
@@ -28,14 +29,15 @@ from kd_brain.brain import TeacherBrain
 from kd_brain.data import prepare_corpus
 from kd_brain.dataio import contaminator_item, make_dataset, make_student_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
-from kd_brain.lm import LexiconLMDecoder, build_lm
+from kd_brain.modeldir import (lm_decoder, lm_settings, load_tokenizer, nbest_searcher, origin_config,
+                              split_manifest)
 from kd_brain.store import SoftLabelStore
 from kd_brain.student import StudentBrain
-from kd_brain.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
+from kd_brain.tokenizer import tokenizer_dir, train_tokenizer
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("clean", "noisy_sim", "rerecorded")
-LM_KEYS = ("lm_order", "lm_weight", "word_score", "lm_beam_size")
+TRANSCRIPT_CRITERIA = ("ctc", "mwer")  # criteria whose targets are transcripts
 
 
 def prepare(hp):
@@ -43,38 +45,11 @@ def prepare(hp):
     run_on_main(prepare_corpus, kwargs=dict(
         corpus_dir=hp["corpus_dir"], out_dir=hp["data_folder"], train_subdir=hp["train_subdir"],
         test_subdir=hp["test_subdir"], labelled_fraction=hp["labelled_fraction"],
-        n_dev_speakers=hp["n_dev_speakers"], seed=hp["seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
+        n_dev_speakers=hp["n_dev_speakers"], seed=hp["split_seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
         convert_audio=hp["convert_audio"]))
     run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tokenizer_dir(hp),
                                        hp["vocab_size"], hp["token_type"], hp["token_alphabet"]])
     return load_tokenizer(hp)
-
-
-def lm_decoder(lm, data_folder, tokenizer):
-    """Word n-gram + lexicon decoder from the labelled transcripts (built once), or None if lm_order is 0.
-
-    ``lm`` holds the ``LM_KEYS`` of the teacher's config: students and
-    sequence-trained models are decoded exactly like their teacher.
-    """
-    if not lm["lm_order"]:
-        return None
-    lm_dir = os.path.join(data_folder, f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
-    run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]])
-    return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
-                            lm_weight=lm["lm_weight"], word_score=lm["word_score"])
-
-
-def load_tokenizer(hp):
-    tokenizer = Tokenizer(os.path.join(tokenizer_dir(hp), "tokenizer.model"))
-    if tokenizer.vocab_size != hp["vocab_size"]:
-        raise ValueError(f"vocab_size={hp['vocab_size']} but the tokenizer has {tokenizer.vocab_size} units")
-    return tokenizer
-
-
-def load_saved_hparams(model_dir):
-    """The config a model was trained with (saved next to it by create_experiment_directory)."""
-    with open(os.path.join(model_dir, "hyperparams.yaml")) as f:
-        return load_hyperpyyaml(f)
 
 
 def init_from(hp):
@@ -104,8 +79,11 @@ def student_data(hp, tokenizer, data_folder):
                                 "frame_shift_ms": frame["frame_shift_ms"], "subsampling": frame["subsampling"]})
     contaminator = hp["contaminator"]() if hp["contaminate"] else None
     hp["contaminator"] = contaminator  # the built one: the Brain sets its epoch
-    manifests = [os.path.join(data_folder, f"{s}.csv") for s in hp["train_splits"]]
-    train = make_student_dataset(manifests, tokenizer, contaminator, store, nbest=criterion == "sequence")
+    manifests = [split_manifest(data_folder, s) for s in hp["train_splits"]]
+    # CTC and MWER need transcripts: rows without one (the unlabelled pool) are left out,
+    # never trained on placeholder targets
+    train = make_student_dataset(manifests, tokenizer, contaminator, store, nbest=criterion == "sequence",
+                                 labelled_only=criterion in TRANSCRIPT_CRITERIA)
     valid = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
     if contaminator is not None:  # dev hears the training noise pool, one fixed draw (epoch -1)
         valid.add_dynamic_item(contaminator_item(contaminator))
@@ -117,7 +95,7 @@ def condition_sets(hp, tokenizer, data_folder):
     """Named test sets: dev, clean and the noisy conditions that exist, then ``extra_test``."""
     paths = {"dev": os.path.join(data_folder, "dev.csv"), "clean": os.path.join(data_folder, "test_clean.csv")}
     for name in CONDITIONS:  # written by the prepare stage (its clean.csv adds the audit columns)
-        path = os.path.join(hp["exp_folder"], "conditions", f"{name}.csv")
+        path = os.path.join(hp["prep_folder"], "conditions", f"{name}.csv")
         if os.path.isfile(path):
             paths[name] = path
     paths.update(hp["extra_test"] or {})
@@ -128,23 +106,27 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
+    if hp.get("num_threads"):
+        torch.set_num_threads(hp["num_threads"])
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(hp["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
 
     is_student = "teacher_dir" in hp
     if is_student:
-        thp = load_saved_hparams(hp["teacher_dir"])
+        # any trained model folder: a teacher, teacher_seq, a student (iterative teacher-student)
+        thp = origin_config(hp["teacher_dir"])
         sb.utils.seed.seed_everything(hp["seed"])  # loading the teacher's config re-seeded with its seed
-        data_folder, tokenizer = thp["data_folder"], load_tokenizer({**thp, "vocab_size": hp["vocab_size"]})
-        lm = {k: thp.get(k, 0) for k in LM_KEYS}
+        data_folder, tokenizer = thp["data_folder"], load_tokenizer(thp, hp["vocab_size"])
+        lm = lm_settings(thp)
         hp["tokenizer"] = tokenizer
         train_set, valid_set = student_data(hp, tokenizer, data_folder)
         init_from(hp)
-        hp["nbest_searcher"] = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
-                                                     beam_size=hp["beam_size"], topk=hp["mwer_nbest"])
+        if hp["criterion"] == "mwer":
+            hp["nbest_searcher"] = nbest_searcher(hp["mwer_decoder"], lm, data_folder, tokenizer,
+                                                  hp["mwer_nbest"], hp["beam_size"])
     else:
         data_folder, tokenizer = hp["data_folder"], prepare(hp)
-        lm = {k: hp[k] for k in LM_KEYS}
+        lm = lm_settings(hp)
         hp["tokenizer"] = tokenizer
         init_from(hp)
         train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer)
