@@ -77,7 +77,7 @@ class EvalBrain(CTCBrain):
                                for u in self.metrics[dec].scores}
         scores["utt_errors"] = utt_errors
         self.results[self.condition] = scores
-        logger.info("%s: %s", self.condition, scores)
+        logger.info("%s: %s", self.condition, {d: scores[d] for d in self.metrics})
 
 
 def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):

@@ -62,6 +62,8 @@ def comparisons(runs, models, conditions, references):
             m_runs = [r["utt_errors"][m] for r in runs if m in r.get("utt_errors", {})]
             if m == ref or not ref_runs or not m_runs:
                 continue
+            if m in references and references.index(m) > references.index(ref):
+                continue  # "teacher_seq vs teacher" is shown; its mirror "teacher vs teacher_seq" is not
             cells = {}
             for cond in conditions:
                 a, b = pooled_counts(ref_runs, cond), pooled_counts(m_runs, cond)

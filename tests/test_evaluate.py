@@ -70,6 +70,8 @@ def test_wer_matches_jiwer_and_reference(tokenizer, tmp_path):
     assert 100 * jiwer.wer(refs, hyps) == pytest.approx(expected)
     text = (tmp_path / "wer_toy_beam.txt").read_text()
     assert "%WER 14.29" in text and "LIGHTS" in text
+    # per-utterance counts for the bootstrap: [word errors, reference words]
+    assert results["utt_errors"]["beam"] == {"a": [0, 3], "b": [1, 6], "c": [1, 5]}
 
 
 def test_lm_decoder_is_scored_and_fixes_an_out_of_lexicon_word(tokenizer, tmp_path):
@@ -95,7 +97,7 @@ def test_results_table_merges_models(tmp_path):
 def test_headline_wer_is_the_lm_decoder_when_there_is_one(tmp_path):
     update_results(tmp_path, "teacher", {"clean": {"greedy": 20.0, "beam": 19.0, "n_utts": 5}})
     md = update_results(tmp_path, "student", {"clean": {"greedy": 15.0, "beam": 14.5, "lm": 9.0, "n_utts": 5}})
-    assert json.loads((tmp_path / "results.json").read_text()) == {"teacher": {"clean": 19.0},
+    assert json.loads((tmp_path / "results.json").read_text())["wer"] == {"teacher": {"clean": 19.0},
                                                                    "student": {"clean": 9.0}}
     lines = md.splitlines()
     assert lines.index("| student | lm | 9.00 |") < lines.index("| student | beam | 14.50 |")

@@ -16,13 +16,32 @@ def test_main_job_on_tiny_synthetic_corpus(tmp_path):
     cmd = [sys.executable, str(REPO / "recipes" / "KD-Noise" / "run.py"), "--exp", str(exp), "--hours", "0.02"] + TINY
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    results = json.loads((exp / "results.json").read_text())
-    assert set(results) == {"teacher", "teacher_seq", "student", "student_seq"}
+    results = json.loads((exp / "results.json").read_text())["wer"]
+    assert set(results) == {"teacher", "teacher_seq", "student", "student_seq", "multicondition", "pseudo_label"}
     for model in results.values():
         assert {"dev", "clean", "noisy_sim"} <= set(model)
     table = (exp / "paper_table.md").read_text()
-    assert "| student vs teacher_seq |" in table and (exp / "paper_table.png").stat().st_size > 1000
-    for stage in ("corpus", "prepare", "teacher", "teacher_seq", "extract", "student", "student_seq"):
-        assert (exp / "stages" / f"{stage}.done").is_file()
+    assert "| student vs teacher_seq | " in table and "| pseudo_label vs teacher | " in table
+    assert "Verdict, student vs teacher_seq: clean: " in table and (exp / "paper_table.png").stat().st_size > 1000
+    stages = ("corpus", "prepare", "teacher", "teacher_seq", "extract", "student", "student_seq", "multicondition",
+              "pseudo_labels", "pseudo_label")
+    for stage in stages:
+        done = json.loads((exp / "stages" / f"{stage}.done").read_text())
+        assert done["command"].startswith("python recipes/KD-Noise/") and done["commit"]
+        assert f"`{done['command']}`" in table  # every row's command is in the report
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("skipped (delete") == 7
+    assert again.returncode == 0 and again.stdout.count("skipped (delete") == len(stages)
+    # a second seed: every training stage again in exp/seed1 on the same corpus and test sets
+    seeds = subprocess.run(cmd + ["--seeds", "2"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
+    assert seeds.stdout.count("skipped (delete") == len(stages)  # seed 0 is the run above
+    assert not (exp / "seed1" / "corpus").exists() and not (exp / "seed1" / "data").exists()
+    for stage in stages[2:]:
+        done = json.loads((exp / "seed1" / "stages" / f"{stage}.done").read_text())
+        assert f"--exp_folder={exp}/seed1" in done["command"]
+    teacher_cmd = json.loads((exp / "seed1" / "stages" / "teacher.done").read_text())["command"]
+    assert "--seed=1235" in teacher_cmd and f"--prep_folder={exp}" in teacher_cmd
+    table2 = (exp / "paper_table_2seeds.md").read_text()
+    assert " ± " in table2 and "errors pooled over 2 seeds" in table2
+    summary = json.loads((exp / "paper_table_2seeds.json").read_text())
+    assert len(summary["wer"]["student"]["clean"]["runs"]) == 2
