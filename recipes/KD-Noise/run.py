@@ -25,10 +25,11 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 R = "recipes/KD-Noise"
 MODELS = ["teacher", "teacher_seq", "multicondition", "pseudo_label", "student", "student_seq"]
 CONDITIONS = ["clean", "noisy_sim", "rerecorded"]
+# Sequence training: one MWER epoch at a fifth of the student's LR (dev grid, recipe README)
 TEACHER_SEQ = ["--criterion=mwer", "--model_name=teacher_seq", "--init_from=teacher",
-               "--train_splits=[labelled]", "--contaminate=False", "--number_of_epochs=1"]
+               "--train_splits=[labelled]", "--contaminate=False", "--number_of_epochs=1", "--lr=0.0001"]
 STUDENT_SEQ = ["--criterion=mwer", "--model_name=student_seq", "--init_from=student", "--train_splits=[labelled]",
-               "--number_of_epochs=1"]
+               "--number_of_epochs=1", "--lr=0.0001"]
 # Baselines: the student's initialisation (init_from), contaminator and epochs; only the targets differ.
 MULTICONDITION = ["--criterion=ctc", "--model_name=multicondition", "--train_splits=[labelled]"]
 
