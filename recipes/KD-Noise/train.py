@@ -6,8 +6,10 @@
 
 Thin glue. A teacher config prepares its data (skipped when done) and trains
 the tokenizer on labelled transcripts; a student config (it has
-``teacher_dir``) reuses the teacher's data and tokenizer, reads soft labels
-by utterance ID and hears contaminated audio. Both then run ``EvalBrain`` on
+``teacher_dir``: any trained model folder) reuses the data and tokenizer of
+the teacher config at the end of that chain, reads soft labels by utterance
+ID and hears contaminated audio; CTC and MWER train on transcribed rows only
+(``train_splits`` entries are split names or CSV paths, e.g. pseudo-labels). Both then run ``EvalBrain`` on
 dev, clean, the noisy conditions written by the prepare stage, and any
 ``--extra_test="{name: manifest.csv}"``, with the teacher config's decoders
 (greedy, beam, and a word n-gram built from the labelled transcripts).
