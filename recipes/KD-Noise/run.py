@@ -3,10 +3,12 @@
 
     python recipes/KD-Noise/run.py                          # default: synthetic corpus
     python recipes/KD-Noise/run.py --corpus speechocean762  # the real bed (../shared/data)
+    python recipes/KD-Noise/run.py --seeds 3                # + every training stage for seeds 1 and 2
 
 Stages (each one command, printed before it runs, so any stage can be rerun
 or forked by hand): corpus, prepare, teacher, teacher_seq, extract, student,
-student_seq, report. A finished stage leaves ``<exp>/stages/<name>.done`` and
+student_seq, the baselines multicondition, pseudo_labels + pseudo_label, and
+the report (paper table with bootstrap intervals, every stage's command and commit). A finished stage leaves ``<exp>/stages/<name>.done`` and
 is skipped next time; an interrupted one resumes from its own checkpoints.
 ``--stages a b`` runs only those (done or not); extra ``--key=value`` go to
 every preparation and training stage whose YAML has that key.
