@@ -118,6 +118,22 @@ def best_checkpoint(checkpointer, what):
     return best
 
 
+def load_label_source(model_dir):
+    """A trained model folder ready to label data: ``(config, origin config, best checkpoint, tokenizer)``.
+
+    The model and its thread count come from the folder's own config, data
+    folder and units from its origin; the checkpoint is the lowest-dev-WER one
+    (extraction and pseudo-labelling both load exactly this one).
+    """
+    import torch
+
+    cfg, origin = saved_config(model_dir), origin_config(model_dir)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg["num_threads"])
+    best = best_checkpoint(cfg["checkpointer"], f"teacher_dir={model_dir}")
+    return cfg, origin, best, load_tokenizer(origin, cfg["model"].vocab_size)
+
+
 def split_manifest(data_folder, split):
     """A training split: a name in the data folder (``labelled``) or a CSV path (pseudo-labels)."""
     return split if split.endswith(".csv") else os.path.join(data_folder, f"{split}.csv")

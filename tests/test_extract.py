@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from kd_brain.data import read_csv
+from kd_brain.modeldir import load_label_source
 from kd_brain.store import IncompatibleStoreError, SoftLabelStore
 from tests.conftest import REPO, load_recipe
 
@@ -31,7 +32,7 @@ def test_every_utterance_stored_with_model_frame_count(tiny_teacher, store_dir):
     store = SoftLabelStore(str(store_dir))
     rows = read_csv(tiny_teacher / "data" / "labelled.csv") + read_csv(tiny_teacher / "data" / "unlabelled.csv")
     assert sorted(store) == sorted(r["ID"] for r in rows)
-    thp, _, _ = load_recipe("extract").load_teacher(str(tiny_teacher / "teacher"))
+    thp, _, _, _ = load_label_source(str(tiny_teacher / "teacher"))
     for r in rows:
         labels = store[r["ID"]]
         assert labels.indices.shape == labels.log_probs.shape

@@ -16,16 +16,8 @@ from hyperpyyaml import load_hyperpyyaml
 
 from kd_brain.dataio import make_dataset
 from kd_brain.extract import ExtractBrain, NBestSearcher, extract, store_meta
-from kd_brain.modeldir import best_checkpoint, load_tokenizer, origin_config, saved_config
+from kd_brain.modeldir import load_label_source
 from kd_brain.store import SoftLabelWriter, merge_index
-
-
-def load_teacher(teacher_dir):
-    """Any trained model folder as label source: its own config (the model) and best checkpoint,
-    the origin config's data folder and tokenizer (a sequence-trained teacher or a student has none)."""
-    mhp, origin = saved_config(teacher_dir), origin_config(teacher_dir)
-    best = best_checkpoint(mhp["checkpointer"], f"teacher_dir={teacher_dir}")
-    return mhp, origin, best
 
 
 def main(argv):
@@ -34,10 +26,7 @@ def main(argv):
         hp = load_hyperpyyaml(f, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    thp, origin, best = load_teacher(hp["teacher_dir"])
-    if thp.get("num_threads"):
-        torch.set_num_threads(thp["num_threads"])
-    tokenizer = load_tokenizer(origin, thp["model"].vocab_size)
+    thp, origin, best, tokenizer = load_label_source(hp["teacher_dir"])
     manifests = [os.path.join(origin["data_folder"], f"{s}.csv") for s in hp["splits"]]
     meta = store_meta(thp["model"], tokenizer, best.paramfiles["model"], manifests)
     meta.update(teacher_dir=hp["teacher_dir"], teacher_checkpoint=os.path.relpath(best.path, hp["teacher_dir"]),

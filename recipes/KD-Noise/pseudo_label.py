@@ -14,13 +14,12 @@ import os
 import sys
 
 import speechbrain as sb
-import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
 from kd_brain.dataio import make_dataset
 from kd_brain.extract import file_hash
-from kd_brain.modeldir import best_checkpoint, lm_decoder, lm_settings, load_tokenizer, origin_config, saved_config
+from kd_brain.modeldir import lm_decoder, lm_settings, load_label_source
 from kd_brain.pseudo import PseudoLabelBrain, pseudo_label_done, pseudo_label_manifest
 
 
@@ -37,11 +36,7 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
-    mhp, origin = saved_config(hp["teacher_dir"]), origin_config(hp["teacher_dir"])
-    if mhp.get("num_threads"):
-        torch.set_num_threads(mhp["num_threads"])
-    best = best_checkpoint(mhp["checkpointer"], f"teacher_dir={hp['teacher_dir']}")
-    tokenizer = load_tokenizer(origin, mhp["model"].vocab_size)
+    mhp, origin, best, tokenizer = load_label_source(hp["teacher_dir"])
     decode, decoder_name = headline_decoder(origin, tokenizer, mhp.get("beam_size", 10))
     meta = {"teacher_dir": hp["teacher_dir"], "checkpoint": os.path.relpath(best.path, hp["teacher_dir"]),
             "checkpoint_hash": file_hash(best.paramfiles["model"]), "decoder": decoder_name}
