@@ -66,7 +66,9 @@ class CTCBrain(sb.Brain):
     ``modules.model``; ``hparams.spec_augment`` is optional. Set
     ``checkpoint`` to evaluate that checkpoint rather than the key's pick. Subclasses add
     the objective. Returns ``(log_probs [B, T, V], relative lengths)`` where
-    ``round(length * T)`` is exactly ``model.output_frames(n_samples)``.
+    ``round(length * T)`` is exactly ``model.output_frames(n_samples)``; in
+    training with ``hparams.aux_ctc_weight`` > 0, the auxiliary head's
+    log-probs come third.
     """
 
     checkpoint = None  # a speechbrain Checkpoint to evaluate instead of the one min_key/max_key picks
@@ -87,11 +89,14 @@ class CTCBrain(sb.Brain):
         feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:
             feats, _ = self.hparams.spec_augment(feats, wav_lens)  # masks only: lengths unchanged
-        log_probs = self.modules.model(feats, wav_lens)
+        aux = stage == sb.Stage.TRAIN and getattr(self.hparams, "aux_ctc_weight", 0) > 0
+        out = self.modules.model(feats, wav_lens, aux=True) if aux else self.modules.model(feats, wav_lens)
+        log_probs = out[0] if aux else out
         # Output lengths from each utterance's sample count, not from the padded batch:
         # a frame count must not depend on which utterances share the batch.
         n_out = output_frames(self.modules.model, torch.round(wav_lens * wavs.shape[1]).long())
-        return log_probs, n_out.float() / log_probs.shape[1]
+        rel = n_out.float() / log_probs.shape[1]
+        return (log_probs, rel, out[1]) if aux else (log_probs, rel)
 
     def input_signal(self, batch, stage):
         """The audio the model hears; the student overrides this to contaminate it."""
@@ -106,15 +111,25 @@ class CTCBrain(sb.Brain):
 class TeacherBrain(CTCBrain):
     """CTC training on labelled clean speech; dev WER (greedy) selects checkpoints.
 
+    With ``hparams.aux_ctc_weight`` w > 0 the loss is ``(1 - w) CTC(units) +
+    w CTC(characters)`` on the model's auxiliary head (batches need
+    ``aux_tokens``): sub-word CTC from scratch stays at the blank plateau on
+    our CPU budget, and the character task below it gets the encoder moving.
+
     Appends ``epoch, elapsed_s, train_loss, valid_loss, dev_wer`` to
     ``<output_folder>/curve.csv`` after every validation, so the
     dev-WER-vs-wall-time curve is a file, not a log to grep.
     """
 
     def compute_objectives(self, predictions, batch, stage):
-        log_probs, lens = predictions
+        log_probs, lens = predictions[:2]
         tokens, token_lens = batch.tokens
         loss = sb.nnet.losses.ctc_loss(log_probs, tokens, lens, token_lens, blank_index=BLANK_ID)
+        if len(predictions) == 3:  # + character CTC on an intermediate layer (hierarchical multitask)
+            aux_tokens, aux_lens = batch.aux_tokens
+            aux_loss = sb.nnet.losses.ctc_loss(predictions[2], aux_tokens, lens, aux_lens, blank_index=BLANK_ID)
+            weight = self.hparams.aux_ctc_weight
+            loss = (1 - weight) * loss + weight * aux_loss
         if stage != sb.Stage.TRAIN:
             self.wer_metric.append(batch.id, self.greedy_words(log_probs, lens), [w.split() for w in batch.wrd])
         return loss

@@ -22,7 +22,7 @@ def read_audio(path):
     return torch.from_numpy(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0])
 
 
-def make_dataset(csv_path, tokenizer=None, sort_key=None):
+def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
     """A DynamicItemDataset over a manifest with ``sig`` and, if ``wrd`` exists, ``tokens``.
 
     Arguments
@@ -33,6 +33,8 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None):
         Needed for ``tokens``; left out for unlabelled manifests.
     sort_key : str, optional
         Sort the dataset by this column (e.g. "duration", for evaluation speed).
+    aux_tokenizer : kd_brain.tokenizer.Tokenizer, optional
+        Adds ``aux_tokens``: the transcript in the auxiliary CTC head's units.
 
     Example
     -------
@@ -65,6 +67,10 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None):
 
         ds.add_dynamic_item(text_pipeline)
         keys += ["wrd", "tokens"]
+        if aux_tokenizer is not None:
+            ds.add_dynamic_item(lambda wrd: torch.LongTensor(aux_tokenizer.encode(wrd)),
+                                takes="wrd", provides="aux_tokens")
+            keys.append("aux_tokens")
     elif "wrd" in first:
         keys.append("wrd")
     ds.set_output_keys(keys)

@@ -63,17 +63,22 @@ class ConformerEncoderWrapper(torch.nn.Module):
     def __init__(self, num_layers, d_model, d_ffn, nhead, kernel_size=15, dropout=0.1):
         super().__init__()
         self.pos = RelPosEncXL(d_model)
+        self.num_layers = num_layers
         self.encoder = ConformerEncoder(
             num_layers=num_layers, d_model=d_model, d_ffn=d_ffn, nhead=nhead,
             kernel_size=kernel_size, dropout=dropout, attention_type="RelPosMHAXL",
+            output_hidden_states=True,  # for an auxiliary CTC head on an intermediate layer
         )
 
-    def forward(self, x, lengths):
-        """x: [B, T, d]; lengths: relative lengths in (0, 1]."""
+    def forward(self, x, lengths, layer=None):
+        """x: [B, T, d]; lengths: relative lengths in (0, 1].
+
+        With ``layer`` (1-based), also returns the output of that encoder layer.
+        """
         abs_len = torch.round(lengths * x.shape[1]).long().clamp(min=1)
         pad_mask = ~length_to_mask(abs_len, max_len=x.shape[1]).bool()
-        out, _ = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=self.pos(x))
-        return out
+        out, _, hidden = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=self.pos(x))
+        return out if layer is None else (out, hidden[layer])
 
 
 class LSTMEncoder(torch.nn.Module):
@@ -92,7 +97,9 @@ class LSTMEncoder(torch.nn.Module):
                                   bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
         self.proj = torch.nn.Linear(2 * hidden, d_model)
 
-    def forward(self, x, lengths):
+    def forward(self, x, lengths, layer=None):
+        if layer is not None:
+            raise ValueError("an auxiliary CTC head on an intermediate layer needs the Conformer encoder")
         abs_len = torch.round(lengths * x.shape[1]).long().clamp(min=1).cpu()
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, abs_len, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
@@ -117,6 +124,11 @@ class CTCModel(torch.nn.Module):
         Convolution channels of the subsampling front end.
     hop_ms : float
         Frame shift of the input features.
+    aux_vocab_size : int
+        Outputs of an auxiliary CTC head on encoder layer ``aux_layer``
+        (e.g. characters under a sub-word main head), 0 for none.
+    aux_layer : int
+        1-based encoder layer that feeds the auxiliary head.
 
     Example
     -------
@@ -126,22 +138,41 @@ class CTCModel(torch.nn.Module):
     torch.Size([2, 26, 5])
     >>> m.frame_info()["frame_shift_ms"]
     40.0
+    >>> enc = ConformerEncoderWrapper(num_layers=2, d_model=16, d_ffn=32, nhead=2, kernel_size=3)
+    >>> m = CTCModel(n_mels=40, d_model=16, encoder=enc, vocab_size=50, frontend_channels=4, aux_vocab_size=6, aux_layer=1)
+    >>> [lp.shape[-1] for lp in m(torch.rand(2, 101, 40), torch.tensor([1.0, 0.8]), aux=True)]
+    [50, 6]
     """
 
     subsampling = 4
 
-    def __init__(self, n_mels, d_model, encoder, vocab_size, frontend_channels=32, hop_ms=10.0, dropout=0.1):
+    def __init__(self, n_mels, d_model, encoder, vocab_size, frontend_channels=32, hop_ms=10.0, dropout=0.1,
+                 aux_vocab_size=0, aux_layer=2):
         super().__init__()
         self.frontend = Conv2dSubsampling(n_mels, frontend_channels, d_model, dropout)
         self.encoder = encoder
         self.head = torch.nn.Linear(d_model, vocab_size)
         self.hop_ms = hop_ms
         self.vocab_size = vocab_size
+        self.aux_vocab_size, self.aux_layer = aux_vocab_size, aux_layer
+        if aux_vocab_size:
+            n_layers = getattr(encoder, "num_layers", None)
+            if n_layers is not None and not 1 <= aux_layer < n_layers:
+                raise ValueError(f"aux_layer={aux_layer}: must be an intermediate layer, 1 to {n_layers - 1}")
+            self.aux_head = torch.nn.Linear(d_model, aux_vocab_size)
 
-    def forward(self, feats, lengths):
-        """feats: [B, T, n_mels]; lengths relative. Returns log-probs [B, T/4, V]."""
-        x = self.encoder(self.frontend(feats), lengths)
-        return self.head(x).log_softmax(dim=-1)
+    def forward(self, feats, lengths, aux=False):
+        """feats: [B, T, n_mels]; lengths relative. Returns log-probs [B, T/4, V].
+
+        ``aux=True``: ``(log-probs, auxiliary head's log-probs [B, T/4, aux_vocab_size])``.
+        """
+        x = self.frontend(feats)
+        if not aux:
+            return self.head(self.encoder(x, lengths)).log_softmax(dim=-1)
+        if not self.aux_vocab_size:
+            raise ValueError("aux=True but the model has no auxiliary head (aux_vocab_size: 0)")
+        x, mid = self.encoder(x, lengths, layer=self.aux_layer)
+        return self.head(x).log_softmax(dim=-1), self.aux_head(mid).log_softmax(dim=-1)
 
     def frame_info(self):
         """What a stored CTC frame means: shift, subsampling and vocabulary."""

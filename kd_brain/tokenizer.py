@@ -56,9 +56,9 @@ class Tokenizer:
         return [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
 
 
-def tokenizer_dir(hp):
+def tokenizer_dir(hp, token_type=None, vocab_size=None):
     """Where a config's tokenizer lives: one per data folder, unit type and size."""
-    return os.path.join(hp["data_folder"], f"tokenizer_{hp['token_type']}{hp['vocab_size']}")
+    return os.path.join(hp["data_folder"], f"tokenizer_{token_type or hp['token_type']}{vocab_size or hp['vocab_size']}")
 
 
 def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alphabet=None, character_coverage=1.0):
@@ -81,7 +81,8 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alp
     alphabet : str, optional
         Characters that are units whether or not the labelled text has them,
         so the output size does not depend on the data (e.g. a small corpus
-        without a "Q").
+        without a "Q"). Sub-word models keep them as pieces of their own
+        (sentencepiece's ``required_chars``), so any word can be spelt.
     """
     rows, text_hash = read_transcripts(labelled_csv, "tokenizer")
     options = {"manifest": os.path.abspath(labelled_csv), "vocab_size": vocab_size, "model_type": model_type,
@@ -95,11 +96,20 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alp
     text_file = prefix + "_train.txt"
     with open(text_file, "w", encoding="utf-8") as f:
         f.writelines(r["wrd"] + "\n" for r in rows)
-    spm.SentencePieceTrainer.train(
-        input=text_file, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=character_coverage, pad_id=BLANK_ID, pad_piece="<blank>", unk_id=1,
-        bos_id=-1, eos_id=-1, minloglevel=2, user_defined_symbols=list(alphabet or []),
-    )
+    # Characters: the alphabet as user symbols fixes the unit set. Sub-words: user symbols
+    # would always be cut out as single pieces (no letter inside a longer piece), so the
+    # alphabet is only required to be in the character set.
+    letters = {"user_defined_symbols": list(alphabet or [])} if model_type == "char" else \
+        {"required_chars": alphabet or ""}
+    try:
+        spm.SentencePieceTrainer.train(
+            input=text_file, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, pad_id=BLANK_ID, pad_piece="<blank>", unk_id=1,
+            bos_id=-1, eos_id=-1, minloglevel=2, **letters,
+        )
+    except RuntimeError as e:  # e.g. more units asked for than the transcripts hold
+        raise ValueError(f"vocab_size={vocab_size}, token_type={model_type}: sentencepiece cannot train on "
+                         f"{labelled_csv} ({len(rows)} transcripts): {str(e).split('] ')[-1]}") from e
     with open(info, "w") as f:
         json.dump(options, f, indent=1)
     return Tokenizer(prefix + ".model")

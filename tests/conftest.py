@@ -57,17 +57,25 @@ def tiny_prepared(tiny_corpus, tmp_path_factory):
     return out, paths
 
 
-# Overrides that shrink the CPU teacher config to seconds.
+# Overrides that shrink the CPU teacher config to seconds (the model's sizes go inside
+# ``arch``, the include of hparams/model.yaml).
+TINY_ARCH = {"d_model": 32, "num_layers": 1, "nhead": 2, "d_ffn": 64, "frontend_channels": 4, "n_mels": 40}
 TINY_OVERRIDES = {
-    "d_model": 32, "num_layers": 1, "nhead": 2, "d_ffn": 64, "frontend_channels": 4, "n_mels": 40,
-    "vocab_size": 30, "token_type": "char", "batch_seconds": 20, "num_buckets": 2, "num_workers": 0,
+    "arch": TINY_ARCH, "vocab_size": 30, "token_type": "char", "batch_seconds": 20, "num_buckets": 2, "num_workers": 0,
     "labelled_fraction": 0.5, "n_dev_speakers": 2, "prep_workers": 1, "beam_size": 2, "test_batch_size": 4,
     "ckpt_interval_minutes": 0, "warmup_steps": 5,
 }
 
 
+def flow(value):
+    """A command-line override value: YAML flow style for a mapping (``{d_model: 32}``)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return value
+
+
 def overrides_argv(**kw):
-    return [f"--{k}={v}" for k, v in {**TINY_OVERRIDES, **kw}.items()]
+    return [f"--{k}={flow(v)}" for k, v in {**TINY_OVERRIDES, **kw}.items()]
 
 
 def load_recipe(name):
@@ -90,7 +98,7 @@ def tiny_teacher(tiny_corpus, tmp_path_factory):
 
 
 # Model and batch settings of the tiny teacher, for student configs.
-MODEL_KEYS = ["d_model", "num_layers", "nhead", "d_ffn", "frontend_channels", "n_mels", "vocab_size",
+MODEL_KEYS = ["arch", "vocab_size",
               "beam_size", "num_workers", "test_batch_size", "batch_seconds", "num_buckets"]
 
 
@@ -107,6 +115,6 @@ def kd_exp(tiny_teacher):
 
 def student_argv(exp, *extra):
     """A student config shrunk like the tiny teacher, in ``exp``."""
-    tiny = [f"--{k}={TINY_OVERRIDES[k]}" for k in MODEL_KEYS]
+    tiny = [f"--{k}={flow(TINY_OVERRIDES[k])}" for k in MODEL_KEYS]
     return [str(REPO / "hparams" / "student.yaml"), f"--exp_folder={exp}", "--noprogressbar", "--k=5",
             "--mwer_nbest=2", *tiny, *extra]

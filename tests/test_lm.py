@@ -113,3 +113,23 @@ def test_lexicon_spells_words_with_real_subword_pieces(tmp_path):
             word, spelling = line.rstrip("\n").split("\t")
             assert set(spelling.split()) <= pieces, (word, spelling)
             assert "".join(spelling.split()).lstrip("\u2581") == word
+
+
+def test_lexicon_decoder_returns_words_from_subword_units(tmp_path):
+    """Sub-word CTC (pieces like "\u2581PLAY") through the lexicon decoder gives words, misspellings mended."""
+    rows = [{"ID": str(i), "wrd": " ".join(s)} for i, s in enumerate(SENTENCES * 5)]
+    write_csv(str(tmp_path / "labelled.csv"), rows, ["ID", "wrd"])
+    tok = train_tokenizer(str(tmp_path / "labelled.csv"), str(tmp_path / "tok"), vocab_size=36, model_type="unigram",
+                          alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    assert any(len(p.lstrip("\u2581")) > 1 for p in tok.vocab_list())  # real sub-words, not only letters
+    lm_dir = build_lm(str(tmp_path / "labelled.csv"), str(tmp_path / "lm"), tok, order=3)
+    pieces = tok.vocab_list()
+    frames = [{pieces[i]: 0.9} for i in tok.encode("TURN OFF THE LIGHTS")]
+    # the last piece is uncertain between its own and a letter that spells no known word
+    last = pieces[tok.encode("TURN OFF THE LIGHTS")[-1]]
+    wrong = next(p for p in pieces if p not in (last, "<blank>", "<unk>", "\u2581") and len(p) == 1 and p != "S")
+    frames[-1] = {last: 0.45, wrong: 0.5}
+    lp = _emissions(tok, frames + [{}])
+    decoder = LexiconLMDecoder(lm_dir, pieces, beam_size=20, lm_weight=1.0, word_score=0.0)
+    assert decoder(lp, torch.ones(1)) == [["TURN", "OFF", "THE", "LIGHTS"]]
+    assert tok.decode(lp[0].argmax(-1).unique_consecutive().tolist()) != "TURN OFF THE LIGHTS"

@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_ARCH, flow
 
-TINY = ["--d_model=32", "--num_layers=1", "--nhead=2", "--d_ffn=64", "--frontend_channels=4", "--n_mels=40",
+TINY = [f"--arch={flow(TINY_ARCH)}",
         "--number_of_epochs=1", "--beam_size=2", "--mwer_nbest=2", "--test_batch_size=8", "--num_workers=0",
         "--n_dev_speakers=2", "--noprogressbar"]
 

@@ -8,7 +8,8 @@ from hyperpyyaml import load_hyperpyyaml
 
 from tests.conftest import REPO
 
-YAMLS = sorted((REPO / "hparams").glob("*.yaml"))
+INCLUDES = ("model.yaml",)  # sections shared by the configs, not configs themselves
+YAMLS = sorted(p for p in (REPO / "hparams").glob("*.yaml") if p.name not in INCLUDES)
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=[p.name for p in YAMLS])
@@ -16,6 +17,22 @@ def test_every_yaml_loads(path):
     with open(path) as f:
         hp = load_hyperpyyaml(f)
     assert "model_name" in hp and "output_folder" in hp
+
+
+def test_model_is_written_once_and_student_matches_teachers():
+    """Every config builds its model from hparams/model.yaml, so a student can start from its teacher."""
+    shapes = {}
+    for path in YAMLS:
+        text = path.read_text()
+        if "extract" in path.name:  # no model: it loads the teacher's saved config
+            continue
+        assert "!include:model.yaml" in text and "!new:kd_brain.model.CTCModel" not in text, path.name
+        with open(path) as f:
+            hp = load_hyperpyyaml(f)
+        assert hp["modules"]["model"] is hp["model"] is hp["checkpointer"].recoverables["model"]
+        shapes[path.name] = {k: tuple(v.shape) for k, v in hp["model"].state_dict().items()}
+    for teacher in ("teacher.yaml", "teacher_bed.yaml"):
+        assert shapes["student.yaml"] == shapes[teacher]
 
 
 def readme_commands():

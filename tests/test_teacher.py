@@ -1,6 +1,7 @@
 """Teacher training: the loss goes down, runs resume (mid-epoch too), the recipe runs end to end."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -10,7 +11,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from kd_brain.brain import TeacherBrain
 from kd_brain.dataio import make_dataset
-from tests.conftest import REPO, TINY_OVERRIDES, load_recipe, overrides_argv
+from tests.conftest import REPO, TINY_ARCH, TINY_OVERRIDES, load_recipe, overrides_argv
 
 
 
@@ -38,7 +39,7 @@ class RecordingBrain(TeacherBrain):
 
 
 def make_brain(hp, cls=TeacherBrain, **run_opts):
-    hp["tokenizer"] = load_recipe("train").prepare(hp)
+    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
     brain = cls(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
                 run_opts={"device": "cpu", "noprogressbar": True, **run_opts}, checkpointer=hp["checkpointer"])
     train = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), hp["tokenizer"])
@@ -119,3 +120,38 @@ def test_extra_test_manifest_scored_as_a_condition(tiny_teacher, tiny_corpus, tm
                                         f"--extra_test={{mine: {extra}}}"] + overrides_argv(number_of_epochs=1))
     assert scores["mine"]["n_utts"] == 3 and "clean" in scores
     assert (tiny_teacher / "teacher" / "wer_mine_beam.txt").is_file()
+
+
+SUBWORD_AUX = {"arch": {**TINY_ARCH, "num_layers": 2, "aux_vocab_size": 30, "aux_layer": 1},
+               "vocab_size": 50, "token_type": "unigram"}
+
+
+def test_subword_teacher_with_auxiliary_character_ctc(tiny_corpus, tmp_path):
+    """Sub-word units + character CTC on layer 1: both heads learn, the char tokenizer sees labelled text only."""
+    hp = tiny_hparams(tiny_corpus, tmp_path, lr=0.003, warmup_steps=1, spec_augment=None, aux_ctc_weight=0.5,
+                      **SUBWORD_AUX)
+    tokenizer, aux = load_recipe("train").prepare(hp)
+    assert tokenizer.vocab_size == 50 and aux.vocab_size == 30 and aux.hash != tokenizer.hash
+    with open(tmp_path / "data" / "tokenizer_char30" / "tokenizer.json") as f:
+        assert json.load(f)["manifest"].endswith("labelled.csv")
+    hp["tokenizer"] = tokenizer
+    brain = TeacherBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
+                         run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=hp["checkpointer"])
+    train = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), tokenizer, aux_tokenizer=aux)
+    batch = next(iter(sb.dataio.dataloader.make_dataloader(train, batch_size=8)))
+    assert batch.aux_tokens.data.shape[1] > batch.tokens.data.shape[1]  # characters outnumber sub-words
+    brain.on_fit_start()
+    aux_before = hp["model"].aux_head.weight.clone()
+    preds = brain.compute_forward(batch, sb.Stage.TRAIN)
+    assert len(preds) == 3 and preds[0].shape[-1] == 50 and preds[2].shape[-1] == 30
+    assert len(brain.compute_forward(batch, sb.Stage.VALID)) == 2  # decoding reads the main head only
+    losses = [brain.fit_batch(batch).item() for _ in range(25)]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert not torch.equal(aux_before, hp["model"].aux_head.weight)
+
+
+def test_aux_weight_without_aux_head_is_an_error(tiny_corpus, tmp_path):
+    argv = [str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}", f"--exp_folder={tmp_path}",
+            "--noprogressbar"] + overrides_argv(number_of_epochs=1, aux_ctc_weight=0.3)
+    with pytest.raises(ValueError, match="aux_ctc_weight=0.3 but the model has no auxiliary head"):
+        load_recipe("train").main(argv)

@@ -36,3 +36,22 @@ def test_tokenizer_reused_when_unchanged(tiny_prepared, tmp_path):
     stamp = (tmp_path / "tokenizer.model").stat().st_mtime_ns
     train_tokenizer(paths["labelled"], tmp_path, vocab_size=40)
     assert (tmp_path / "tokenizer.model").stat().st_mtime_ns == stamp
+
+
+def test_subword_tokenizer_keeps_every_letter_and_longer_pieces(tiny_prepared, tmp_path):
+    """Sub-words: the alphabet is required (any word can be spelt), not forced to single pieces."""
+    _, paths = tiny_prepared
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
+    tok = train_tokenizer(paths["labelled"], tmp_path, vocab_size=60, model_type="unigram", alphabet=alphabet)
+    pieces = tok.vocab_list()
+    assert set(alphabet) <= set(pieces) and "\u2581" in pieces  # flashlight's word separator is a unit
+    sentence = read_csv(paths["labelled"])[0]["wrd"]
+    ids = tok.encode(sentence)
+    assert len(ids) < len(sentence.replace(" ", "")) and tok.decode(ids) == sentence
+    assert tok.decode(tok.encode("QUIZZICAL JUKEBOX")) == "QUIZZICAL JUKEBOX"  # unseen words, spelt by letters
+
+
+def test_too_many_units_is_an_error_naming_the_setting(tiny_prepared, tmp_path):
+    _, paths = tiny_prepared
+    with pytest.raises(ValueError, match=r"vocab_size=5000, token_type=unigram.*labelled.csv.*Vocabulary size too high"):
+        train_tokenizer(paths["labelled"], tmp_path, vocab_size=5000, model_type="unigram")

@@ -35,7 +35,7 @@ from kd_brain.modeldir import (lm_decoder, lm_settings, load_tokenizer, nbest_se
                               split_manifest)
 from kd_brain.store import SoftLabelStore
 from kd_brain.student import StudentBrain
-from kd_brain.tokenizer import tokenizer_dir, train_tokenizer
+from kd_brain.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("clean", "noisy_sim", "rerecorded")
@@ -43,15 +43,28 @@ TRANSCRIPT_CRITERIA = ("ctc", "mwer")  # criteria whose targets are transcripts
 
 
 def prepare(hp):
-    """Manifests and tokenizer of a teacher config; each step is skipped when already done."""
+    """Manifests and tokenizers of a teacher config; each step is skipped when already done.
+
+    Returns the tokenizer of the model's units and, when the model has an
+    auxiliary head, the character tokenizer of that head (else None).
+    """
     run_on_main(prepare_corpus, kwargs=dict(
         corpus_dir=hp["corpus_dir"], out_dir=hp["data_folder"], train_subdir=hp["train_subdir"],
         test_subdir=hp["test_subdir"], labelled_fraction=hp["labelled_fraction"],
         n_dev_speakers=hp["n_dev_speakers"], seed=hp["split_seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
         convert_audio=hp["convert_audio"]))
-    run_on_main(train_tokenizer, args=[os.path.join(hp["data_folder"], "labelled.csv"), tokenizer_dir(hp),
-                                       hp["vocab_size"], hp["token_type"], hp["token_alphabet"]])
-    return load_tokenizer(hp)
+    labelled = os.path.join(hp["data_folder"], "labelled.csv")
+    run_on_main(train_tokenizer, args=[labelled, tokenizer_dir(hp), hp["vocab_size"], hp["token_type"],
+                                       hp["token_alphabet"]])
+    aux_size = hp["model"].aux_vocab_size
+    if not aux_size:
+        return load_tokenizer(hp), None
+    aux_dir = tokenizer_dir(hp, "char", aux_size)
+    run_on_main(train_tokenizer, args=[labelled, aux_dir, aux_size, "char", hp["token_alphabet"]])
+    aux = Tokenizer(os.path.join(aux_dir, "tokenizer.model"))
+    if aux.vocab_size != aux_size:
+        raise ValueError(f"aux_vocab_size={aux_size} but the character tokenizer has {aux.vocab_size} units")
+    return load_tokenizer(hp), aux
 
 
 def init_from(hp):
@@ -127,11 +140,15 @@ def main(argv):
             hp["nbest_searcher"] = nbest_searcher(hp["mwer_decoder"], lm, data_folder, tokenizer,
                                                   hp["mwer_nbest"], hp["beam_size"])
     else:
-        data_folder, tokenizer = hp["data_folder"], prepare(hp)
+        data_folder, (tokenizer, aux_tokenizer) = hp["data_folder"], prepare(hp)
+        if hp.get("aux_ctc_weight", 0) > 0 and aux_tokenizer is None:
+            raise ValueError(f"aux_ctc_weight={hp['aux_ctc_weight']} but the model has no auxiliary head "
+                             "(set aux_vocab_size in arch)")
         lm = lm_settings(hp)
         hp["tokenizer"] = tokenizer
         init_from(hp)
-        train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer)
+        train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer,
+                                 aux_tokenizer=aux_tokenizer if hp.get("aux_ctc_weight", 0) > 0 else None)
         valid_set = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
 
     sampler = DynamicBatchSampler(train_set, max_batch_length=hp["batch_seconds"], num_buckets=hp["num_buckets"],
