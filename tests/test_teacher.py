@@ -108,6 +108,12 @@ def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path
     assert any(not torch.equal(a, b) for a, b in zip(before, hp["model"].parameters()))
 
 
+def test_init_from_a_missing_model_names_both_places(tiny_corpus, tmp_path):
+    hp = tiny_hparams(tiny_corpus, tmp_path, init_from="no_such_teacher")
+    with pytest.raises(FileNotFoundError, match=f"init_from=no_such_teacher: .*{tmp_path}/no_such_teacher or no_such_teacher"):
+        load_recipe("train").init_from(hp)
+
+
 def test_extra_test_manifest_scored_as_a_condition(tiny_teacher, tiny_corpus, tmp_path):
     from kd_brain.data import read_csv, write_csv
 

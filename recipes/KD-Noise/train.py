@@ -70,12 +70,16 @@ def prepare(hp):
 def init_from(hp):
     """Loads model + normaliser from another model's best checkpoint, once (before any own checkpoint).
 
-    ``init_from`` is a model folder name in ``exp_folder`` (``teacher``), or a
-    path with a "/" (e.g. the synthetic-corpus teacher, to pretrain the bed's).
+    ``init_from`` is a model folder in ``exp_folder`` (``teacher``), else a
+    path (e.g. ``exp/synthetic/teacher``, to pretrain the bed's teacher).
     """
     if not hp.get("init_from") or hp["checkpointer"].find_checkpoint() is not None:
         return
-    folder = hp["init_from"] if "/" in hp["init_from"] else os.path.join(hp["exp_folder"], hp["init_from"])
+    candidates = [os.path.join(hp["exp_folder"], hp["init_from"]), hp["init_from"]]
+    folder = next((c for c in candidates if os.path.isdir(os.path.join(c, "save"))), None)
+    if folder is None:
+        raise FileNotFoundError(f"init_from={hp['init_from']}: no trained model folder (with save/) at "
+                                f"{' or '.join(dict.fromkeys(candidates))}")
     src = os.path.join(folder, "save")
     ckpt = Checkpointer(src, recoverables={"model": hp["model"], "normalize": hp["normalize"]})
     if ckpt.recover_if_possible(min_key="WER") is None:
