@@ -152,6 +152,46 @@ def bar_chart(runs, models, conditions, path, title="WER (%)"):
     plt.close(fig)
 
 
+def read_curve(model_dir):
+    """A model's ``curve.csv`` (written after every validation) as a list of dicts of floats."""
+    import csv
+
+    path = os.path.join(model_dir, "curve.csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} has no learning curve (train it first)")
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def curve_chart(curves, path, x="elapsed_s", y="dev_wer"):
+    """Dev WER against training wall time (or epoch), one line per ``{label: curve}``; written as PNG.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "c.png")
+    >>> curve_chart({"a": [{"epoch": 1, "elapsed_s": 50.0, "dev_wer": 90.0}, {"epoch": 2, "elapsed_s": 99.0, "dev_wer": 70.0}]}, out)
+    >>> os.path.getsize(out) > 1000
+    True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, rows in curves.items():
+        ax.plot([r[x] / (60 if x == "elapsed_s" else 1) for r in rows], [r[y] for r in rows], marker=".", label=label)
+    ax.set_xlabel("training wall time (min)" if x == "elapsed_s" else x)
+    ax.set_ylabel("dev WER (%, greedy)" if y == "dev_wer" else y)
+    ax.set_ylim(0, min(110, max(r[y] for rows in curves.values() for r in rows) + 5))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def load_results(exp_folder):
     with open(os.path.join(exp_folder, "results.json")) as f:
         return json.load(f)

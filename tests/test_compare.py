@@ -1,4 +1,4 @@
-"""compare.py: two models' per-utterance errors -> interval, verdict; a model without counts is named."""
+"""compare.py: two models' per-utterance errors -> interval, verdict; a model without counts is named. curves.py."""
 
 import json
 
@@ -22,3 +22,17 @@ def test_compare_prints_interval_and_verdict(tmp_path, capsys):
                     "better with 95% confidence |"]
     with pytest.raises(SystemExit, match="no model 'c'"):
         load_recipe("compare").main([str(tmp_path), "a", "c"])
+
+
+def test_curves_script_tables_and_plots_learning_curves(tmp_path, capsys):
+    for name, wers in (("chars", [100.5, 80.0, 60.0]), ("subwords", [101.0, 99.0, 55.0])):
+        (tmp_path / name).mkdir()
+        rows = "".join(f"{e + 1},{50.0 * (e + 1)},1.0,1.0,{w}\n" for e, w in enumerate(wers))
+        (tmp_path / name / "curve.csv").write_text("epoch,elapsed_s,train_loss,valid_loss,dev_wer\n" + rows)
+    out = tmp_path / "c.png"
+    load_recipe("curves").main([f"c={tmp_path / 'chars'}", str(tmp_path / "subwords"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "| c | 3 | 2.5 | 60.00 (3) | 60.00 |" in text and "| 55.00 (3) |" in text
+    assert out.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="curve.csv not found"):
+        load_recipe("curves").main([str(tmp_path / "missing")])
