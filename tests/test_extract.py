@@ -97,3 +97,16 @@ def test_nonfinite_teacher_output_stops_with_utterance_id(tmp_path):
     brain.writer = SoftLabelWriter(str(tmp_path / "bad"), k=3, vocab_size=6, meta={})
     with brain.writer, pytest.raises(ValueError, match="^c: teacher output has NaN or infinite"):
         brain.compute_objectives((log_probs, lens), batch, sb.Stage.TEST)
+
+
+def test_real_store_size_benchmark_reencodes_the_stored_top_k(kd_exp):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_real_store", REPO / "bench" / "bench_real_store.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main([str(kd_exp / "softlabels")])
+    assert res["k_stored"] == 5 and "bytes_per_frame_k10" not in res  # no more columns than stored
+    # the same top-5 without the N-best lists: fewer bytes than the store, far fewer than naive int16 + fp16
+    assert 0 < res["bytes_per_frame_k5"] < res["bytes_per_frame_as_stored"]
+    assert res["bytes_per_frame_k5"] < res["naive_bytes_per_frame_k5"] == 20.0
