@@ -99,6 +99,7 @@ def test_recipe_end_to_end_then_resume(tiny_corpus, tmp_path):
 
 def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path):
     hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"))
+    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
     before = [p.clone() for p in hp["model"].parameters()]
     load_recipe("train").init_from(hp)
     best = hp["checkpointer"].__class__(str(tiny_teacher / "teacher" / "save")).find_checkpoint(min_key="WER")
@@ -106,6 +107,28 @@ def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path
     loaded = hp["model"].state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
     assert any(not torch.equal(a, b) for a, b in zip(before, hp["model"].parameters()))
+
+
+def test_init_from_a_model_with_other_units_starts_a_new_output_layer(tiny_teacher, tiny_corpus, tmp_path):
+    """Sub-words of another corpus: everything but the output layer comes from the source model."""
+    hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"), token_type="unigram")
+    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
+    head_before = hp["model"].head.weight.clone()
+    load_recipe("train").init_from(hp)
+    best = hp["checkpointer"].__class__(str(tiny_teacher / "teacher" / "save")).find_checkpoint(min_key="WER")
+    saved = torch.load(best.paramfiles["model"], map_location="cpu")
+    loaded = hp["model"].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items() if not k.startswith("head."))
+    assert torch.equal(loaded["head.weight"], head_before)  # units differ: not the source's head
+    assert not torch.equal(saved["head.weight"], head_before)
+
+
+def test_init_from_another_architecture_is_an_error(tiny_teacher, tiny_corpus, tmp_path):
+    hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"),
+                      arch={**TINY_ARCH, "num_layers": 2})
+    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
+    with pytest.raises(ValueError, match="another architecture .*unexpected \\[\\]"):
+        load_recipe("train").init_from(hp)
 
 
 def test_init_from_a_missing_model_names_both_places(tiny_corpus, tmp_path):

@@ -31,8 +31,8 @@ from kd_brain.brain import TeacherBrain
 from kd_brain.data import prepare_corpus
 from kd_brain.dataio import contaminator_item, make_dataset, make_student_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
-from kd_brain.modeldir import (lm_decoder, lm_settings, load_tokenizer, nbest_searcher, origin_config,
-                              split_manifest)
+from kd_brain.modeldir import (best_checkpoint, lm_decoder, lm_settings, load_tokenizer, nbest_searcher,
+                              origin_config, split_manifest)
 from kd_brain.store import SoftLabelStore
 from kd_brain.student import StudentBrain
 from kd_brain.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
@@ -72,6 +72,9 @@ def init_from(hp):
 
     ``init_from`` is a model folder in ``exp_folder`` (``teacher``), else a
     path (e.g. ``exp/synthetic/teacher``, to pretrain the bed's teacher).
+    When that model's units differ from ``hp["tokenizer"]``'s (sub-words
+    trained on another corpus' transcripts), its output layer is left out and
+    starts anew; the rest of the model must match exactly.
     """
     if not hp.get("init_from") or hp["checkpointer"].find_checkpoint() is not None:
         return
@@ -80,11 +83,20 @@ def init_from(hp):
     if folder is None:
         raise FileNotFoundError(f"init_from={hp['init_from']}: no trained model folder (with save/) at "
                                 f"{' or '.join(dict.fromkeys(candidates))}")
-    src = os.path.join(folder, "save")
-    ckpt = Checkpointer(src, recoverables={"model": hp["model"], "normalize": hp["normalize"]})
-    if ckpt.recover_if_possible(min_key="WER") is None:
-        raise FileNotFoundError(f"init_from={hp['init_from']}: no checkpoint with a dev WER in {src}")
-    logger.info("Initialised %s from the best checkpoint in %s", hp["model_name"], src)
+    best = best_checkpoint(Checkpointer(os.path.join(folder, "save")), f"init_from={hp['init_from']}")
+    state = torch.load(best.paramfiles["model"], map_location="cpu", weights_only=True)
+    source_units = load_tokenizer(origin_config(folder), state["head.weight"].shape[0]).vocab_list()
+    same_units = source_units == hp["tokenizer"].vocab_list()
+    if not same_units:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = hp["model"].load_state_dict(state, strict=False)
+    new_head = [] if same_units else [k for k in hp["model"].state_dict() if k.startswith("head.")]
+    if unexpected or sorted(missing) != sorted(new_head):
+        raise ValueError(f"init_from={hp['init_from']}: {best.path} is another architecture "
+                         f"(missing {missing}, unexpected {unexpected}); set arch like that model's")
+    hp["normalize"]._load(best.paramfiles["normalize"])
+    logger.info("Initialised %s from %s%s", hp["model_name"], best.path,
+                "" if same_units else f" except the output layer: its {len(source_units)} units are not ours")
 
 
 def student_data(hp, tokenizer, data_folder):
