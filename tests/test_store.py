@@ -248,7 +248,7 @@ def test_batch_shape_errors_lose_nothing_silently(tmp_path):
 
 def test_format2_records_still_read():
     """Stores written before format 3 (codebook as a uint16 list) decode to the same labels."""
-    from kd_brain.store import RECORD_HEAD, _decode, _level_table, _nearest_level_lut, _pack, _quantize
+    from kd_brain.store_codec import RECORD_HEAD, _decode, _level_table, _nearest_level_lut, _pack, _quantize
 
     table = _level_table(STEP, (4.0, 4.0, 32))
     top = UTTS["u009"].log_softmax(-1).topk(K, dim=-1)
