@@ -179,6 +179,15 @@ def test_subword_teacher_with_auxiliary_character_ctc(tiny_corpus, tmp_path):
     assert not torch.equal(aux_before, hp["model"].aux_head.weight)
 
 
+def test_aux_head_frozen_where_no_criterion_trains_it(tiny_corpus, tmp_path):
+    train = load_recipe("train")
+    for weight, trainable in ((0.0, False), (0.5, True)):
+        hp = tiny_hparams(tiny_corpus, tmp_path / str(weight), aux_ctc_weight=weight, **SUBWORD_AUX)
+        train.freeze_unused_aux_head(hp)
+        assert all(p.requires_grad == trainable for p in hp["model"].aux_head.parameters())
+        assert all(p.requires_grad for p in hp["model"].head.parameters())
+
+
 def test_aux_weight_without_aux_head_is_an_error(tiny_corpus, tmp_path):
     argv = [str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}", f"--exp_folder={tmp_path}",
             "--noprogressbar"] + overrides_argv(number_of_epochs=1, aux_ctc_weight=0.3)

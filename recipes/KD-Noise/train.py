@@ -99,6 +99,17 @@ def init_from(hp):
                 "" if same_units else f" except the output layer: its {len(source_units)} units are not ours")
 
 
+def freeze_unused_aux_head(hp):
+    """Freezes the auxiliary head where no criterion trains it (students, sequence training).
+
+    It keeps the teacher's weights, weight decay leaves it alone, and DDP
+    does not wait for gradients that never come.
+    """
+    model = hp["model"]
+    if model.aux_vocab_size and not hp.get("aux_ctc_weight", 0) > 0:
+        model.aux_head.requires_grad_(False)
+
+
 def student_data(hp, tokenizer, data_folder):
     """Training and dev sets of a student config (soft labels and noise as the criterion needs)."""
     criterion = hp["criterion"]
@@ -169,6 +180,7 @@ def main(argv):
 
     sampler = DynamicBatchSampler(train_set, max_batch_length=hp["batch_seconds"], num_buckets=hp["num_buckets"],
                                   length_func=lambda x: x["duration"], shuffle=True, seed=hp["seed"])
+    freeze_unused_aux_head(hp)  # before the Brain: DDP registers the trainable parameters
     brain_class = StudentBrain if is_student else TeacherBrain
     brain = brain_class(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
                         run_opts=run_opts, checkpointer=hp["checkpointer"])
