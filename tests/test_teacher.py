@@ -193,3 +193,13 @@ def test_aux_weight_without_aux_head_is_an_error(tiny_corpus, tmp_path):
             "--noprogressbar"] + overrides_argv(number_of_epochs=1, aux_ctc_weight=0.3)
     with pytest.raises(ValueError, match="aux_ctc_weight=0.3 but the model has no auxiliary head"):
         load_recipe("train").main(argv)
+
+
+def test_tune_lm_grid_on_dev_only(tiny_teacher):
+    tune = load_recipe("tune_lm")
+    res = tune.main([str(tiny_teacher / "teacher"), "1.0,0.0", "2.0,-1.0"])
+    assert set(res) == {(1.0, 0.0), (2.0, -1.0)} and all(0 <= w <= 1000 for w in res.values())
+    cache = tiny_teacher / "teacher" / "dev_logprobs.pt"
+    stamp = cache.stat().st_mtime_ns
+    assert tune.main([str(tiny_teacher / "teacher"), "1.0,0.0"]) == {(1.0, 0.0): res[(1.0, 0.0)]}
+    assert cache.stat().st_mtime_ns == stamp  # the model ran once

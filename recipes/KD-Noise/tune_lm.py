@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Dev grid of the word n-gram decoder's lm_weight and word_score for a trained model.
+
+    python recipes/KD-Noise/tune_lm.py exp/synthetic/teacher 1.0,0.0 1.5,1.5 1.5,2.5
+
+Runs the model's best checkpoint once over the dev manifest of its data
+folder (log-probs cached in ``<model>/dev_logprobs.pt``), then decodes dev with
+the lexicon + word 3-gram search at each ``lm_weight,word_score`` and prints
+the dev WER. Dev only, by design: tuning on a test condition is not offered.
+"""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from speechbrain.utils.metric_stats import ErrorRateStats  # noqa: E402
+
+from kd_brain.dataio import make_dataset  # noqa: E402
+from kd_brain.lm import LexiconLMDecoder  # noqa: E402
+from kd_brain.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
+
+
+def dev_log_probs(model_dir):
+    """{utt: (log-probs [T, V], transcript)} of dev, computed once per model folder."""
+    cache = os.path.join(model_dir, "dev_logprobs.pt")
+    if os.path.isfile(cache):
+        return torch.load(cache, weights_only=True)
+    cfg, origin, best, tokenizer = load_label_source(model_dir)
+    cfg["checkpointer"].load_checkpoint(best)
+    model, norm, feats = cfg["model"].eval(), cfg["normalize"].eval(), cfg["compute_features"]
+    out = {}
+    with torch.no_grad():
+        for item in make_dataset(os.path.join(origin["data_folder"], "dev.csv"), tokenizer):
+            f = norm(feats(item["sig"][None]), torch.ones(1))
+            out[item["id"]] = (model(f, torch.ones(1))[0], item["wrd"])
+    torch.save(out, cache)
+    return out
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    model_dir, grid = argv[0], [tuple(float(x) for x in a.split(",")) for a in argv[1:]]
+    _, origin, _, tokenizer = load_label_source(model_dir)
+    lm = lm_settings(origin)
+    lm_decoder(lm, origin["data_folder"], tokenizer)  # builds the LM and lexicon if needed
+    lm_dir = os.path.join(origin["data_folder"], f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
+    dev = dev_log_probs(model_dir)
+    results = {}
+    for lm_weight, word_score in grid:
+        decoder = LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
+                                   lm_weight=lm_weight, word_score=word_score)
+        wer = ErrorRateStats()
+        for utt, (lp, wrd) in dev.items():
+            wer.append([utt], [decoder(lp[None], torch.ones(1))[0]], [wrd.split()])
+        results[(lm_weight, word_score)] = wer.summarize("error_rate")
+        print(f"lm_weight={lm_weight} word_score={word_score}: dev WER {results[(lm_weight, word_score)]:.2f}",
+              flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
