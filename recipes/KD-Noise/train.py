@@ -99,6 +99,11 @@ def init_from(hp):
                 "" if same_units else f" except the output layer: its {len(source_units)} units are not ours")
 
 
+def trains_aux(hp):
+    """Whether the config's criterion trains the auxiliary head (teacher configs with aux_ctc_weight > 0)."""
+    return hp.get("aux_ctc_weight", 0) > 0
+
+
 def freeze_unused_aux_head(hp):
     """Freezes the auxiliary head where no criterion trains it (students, sequence training).
 
@@ -106,7 +111,7 @@ def freeze_unused_aux_head(hp):
     does not wait for gradients that never come.
     """
     model = hp["model"]
-    if model.aux_vocab_size and not hp.get("aux_ctc_weight", 0) > 0:
+    if model.aux_vocab_size and not trains_aux(hp):
         model.aux_head.requires_grad_(False)
 
 
@@ -168,14 +173,14 @@ def main(argv):
                                                   hp["mwer_nbest"], hp["beam_size"])
     else:
         data_folder, (tokenizer, aux_tokenizer) = hp["data_folder"], prepare(hp)
-        if hp.get("aux_ctc_weight", 0) > 0 and aux_tokenizer is None:
+        if trains_aux(hp) and aux_tokenizer is None:
             raise ValueError(f"aux_ctc_weight={hp['aux_ctc_weight']} but the model has no auxiliary head "
                              "(set aux_vocab_size in arch)")
         lm = lm_settings(hp)
         hp["tokenizer"] = tokenizer
         init_from(hp)
         train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer,
-                                 aux_tokenizer=aux_tokenizer if hp.get("aux_ctc_weight", 0) > 0 else None)
+                                 aux_tokenizer=aux_tokenizer if trains_aux(hp) else None)
         valid_set = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
 
     sampler = DynamicBatchSampler(train_set, max_batch_length=hp["batch_seconds"], num_buckets=hp["num_buckets"],

@@ -19,7 +19,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from speechbrain.utils.metric_stats import ErrorRateStats  # noqa: E402
 
 from kd_brain.dataio import make_dataset  # noqa: E402
-from kd_brain.lm import LexiconLMDecoder  # noqa: E402
 from kd_brain.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
 
 
@@ -47,13 +46,12 @@ def main(argv=None):
     model_dir, grid = argv[0], [tuple(float(x) for x in a.split(",")) for a in argv[1:]]
     _, origin, _, tokenizer = load_label_source(model_dir)
     lm = lm_settings(origin)
-    lm_decoder(lm, origin["data_folder"], tokenizer)  # builds the LM and lexicon if needed
-    lm_dir = os.path.join(origin["data_folder"], f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
     dev = dev_log_probs(model_dir)
     results = {}
     for lm_weight, word_score in grid:
-        decoder = LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
-                                   lm_weight=lm_weight, word_score=word_score)
+        # the model's own decoder (LM and lexicon built once, skipped after) with two settings changed
+        decoder = lm_decoder({**lm, "lm_weight": lm_weight, "word_score": word_score}, origin["data_folder"],
+                             tokenizer)
         wer = ErrorRateStats()
         for utt, (lp, wrd) in dev.items():
             wer.append([utt], [decoder(lp[None], torch.ones(1))[0]], [wrd.split()])
