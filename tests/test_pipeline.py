@@ -6,7 +6,10 @@ import sys
 
 from tests.conftest import REPO, TINY_ARCH, flow
 
-TINY = [f"--arch={flow(TINY_ARCH)}",
+# Sub-word units, the default, with the auxiliary character head (the 0.02 h corpus allows at
+# most 114 pieces); characters run end to end through the conftest fixtures.
+SUBWORD_ARCH = {**TINY_ARCH, "num_layers": 2, "aux_vocab_size": 30, "aux_layer": 1}
+TINY = [f"--arch={flow(SUBWORD_ARCH)}", "--vocab_size=64",
         "--number_of_epochs=1", "--beam_size=2", "--mwer_nbest=2", "--test_batch_size=8", "--num_workers=0",
         "--n_dev_speakers=2", "--noprogressbar"]
 
@@ -16,6 +19,7 @@ def test_main_job_on_tiny_synthetic_corpus(tmp_path):
     cmd = [sys.executable, str(REPO / "recipes" / "KD-Noise" / "run.py"), "--exp", str(exp), "--hours", "0.02"] + TINY
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (exp / "data" / "tokenizer_unigram64").is_dir() and (exp / "data" / "tokenizer_char30").is_dir()
     results = json.loads((exp / "results.json").read_text())["wer"]
     assert set(results) == {"teacher", "teacher_seq", "student", "student_seq", "multicondition", "pseudo_label"}
     for model in results.values():
