@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +40,16 @@ SPLITS = ("labelled", "unlabelled", "dev", "test_clean")
 class CorpusError(ValueError):
     """Bad input in a corpus; the message names the file and utterance."""
 
+
+
+def process_pool(num_workers, **kwargs):
+    """Worker processes started by forkserver, not fork.
+
+    A child forked from a process that has run torch's OpenMP threads can
+    crash in libgomp (measured: both prepare stages of a fresh-clone main job
+    died with a libgomp segfault in the room-bank workers, and a rerun passed).
+    """
+    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("forkserver"), **kwargs)
 
 def read_kaldi_dir(data_dir):
     """Reads a Kaldi data directory into ``{utt_id: {"wav", "wrd", "spk_id"}}``.
@@ -293,7 +304,7 @@ def prepare_corpus(
     rows = {s: [] for s in SPLITS}
     skipped = []
     everything = {**train, **test}
-    with ProcessPoolExecutor(max(1, num_workers)) as pool:
+    with process_pool(max(1, num_workers)) as pool:
         for i, (utt, dur, err) in enumerate(pool.map(_convert_job, jobs, chunksize=32), 1):
             if err is not None:
                 if on_bad == "error":

@@ -16,13 +16,14 @@ index kept, so the speech's direct-path delay can be compensated exactly.
 import csv
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+
+from .data import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def simulate_room_bank(
         raise RIRError(f"n_test_rooms={n_test_rooms}: must be in [0, n_rooms={n_rooms})")
     jobs = [(i, options) for i in range(n_rooms)]
     if num_workers > 1:
-        with ProcessPoolExecutor(num_workers) as pool:
+        with process_pool(num_workers) as pool:
             rooms = list(pool.map(_simulate_one, jobs, chunksize=8))
     else:
         rooms = [_simulate_one(j) for j in jobs]

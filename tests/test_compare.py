@@ -24,6 +24,20 @@ def test_compare_prints_interval_and_verdict(tmp_path, capsys):
         load_recipe("compare").main([str(tmp_path), "a", "c"])
 
 
+def test_compare_across_experiments_needs_the_same_utterances(tmp_path):
+    """Characters vs sub-words: the reference model read from another experiment folder."""
+    ref = {f"s{i % 4}u{i}": [3, 10] for i in range(40)}
+    for name, errors in (("char", ref), ("subword", {u: [6, 10] for u in ref}), ("other", {"x": [1, 10]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.json").write_text(json.dumps({"teacher": scores(errors)}))
+    rows = load_recipe("compare").main([str(tmp_path / "subword"), "teacher", "teacher",
+                                        "--reference_exp", str(tmp_path / "char")])
+    assert rows[0].startswith("| dev | lm | 30.00 | 60.00 | +100.0% [+100.0, +100.0] P=0.00 |") and "worse" in rows[0]
+    with pytest.raises(SystemExit, match="scored different utterances"):
+        load_recipe("compare").main([str(tmp_path / "other"), "teacher", "teacher", "--reference_exp",
+                                     str(tmp_path / "char")])
+
+
 def test_curves_script_tables_and_plots_learning_curves(tmp_path, capsys):
     for name, wers in (("chars", [100.5, 80.0, 60.0]), ("subwords", [101.0, 99.0, 55.0])):
         (tmp_path / name).mkdir()

@@ -175,6 +175,16 @@ def test_room_bank_contents(bed):
     assert torch.equal(again.rooms["sim0000"]["rirs"][0], bank.rooms["sim0000"]["rirs"][0])
 
 
+def test_room_bank_workers_after_openmp_match_one_process(tmp_path):
+    """Worker processes (forkserver) after the parent ran torch's OpenMP threads: no crash, same rooms."""
+    torch.set_num_threads(2)
+    (torch.randn(256, 256) @ torch.randn(256, 256)).sum()  # OpenMP threads alive in the parent
+    opts = dict(n_rooms=4, n_test_rooms=1, sources_per_room=2, rt60_range=(0.2, 0.4), max_order=3, seed=5)
+    one = simulate_room_bank(str(tmp_path / "one.pt"), num_workers=1, **opts)
+    two = simulate_room_bank(str(tmp_path / "two.pt"), num_workers=2, **opts)
+    assert all(torch.equal(a, b) for r in one.rooms for a, b in zip(one.rooms[r]["rirs"], two.rooms[r]["rirs"]))
+
+
 def test_noise_loops_short_clips(bed):
     pool = NoisePool.from_csv(bed["noise_csv"], ids=["musicA_0"])
     clip = pool.audio[0]

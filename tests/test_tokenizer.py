@@ -9,9 +9,12 @@ from kd_brain.data import CorpusError, read_csv
 from kd_brain.tokenizer import BLANK_ID, train_tokenizer
 
 
-def test_tokenizer_trained_on_labelled_only(tiny_prepared, tmp_path):
+@pytest.mark.parametrize("model_type", ["unigram", "bpe", "char"])
+def test_tokenizer_trained_on_labelled_only(tiny_prepared, tmp_path, model_type):
     _, paths = tiny_prepared
-    tok = train_tokenizer(paths["labelled"], tmp_path, vocab_size=40)
+    vocab_size = 30 if model_type == "char" else 40
+    tok = train_tokenizer(paths["labelled"], tmp_path, vocab_size=vocab_size, model_type=model_type,
+                          alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
     with open(tmp_path / "tokenizer.json") as f:
         info = json.load(f)
     labelled = read_csv(paths["labelled"])
@@ -19,7 +22,7 @@ def test_tokenizer_trained_on_labelled_only(tiny_prepared, tmp_path):
     assert info["text_hash"] == hashlib.sha1("\n".join(r["wrd"] for r in labelled).encode()).hexdigest()
     # the sentencepiece training text is exactly the labelled transcripts
     assert (tmp_path / "tokenizer_train.txt").read_text().split("\n")[:-1] == [r["wrd"] for r in labelled]
-    assert tok.vocab_size == 40 and tok.vocab_list()[BLANK_ID] == "<blank>"
+    assert tok.vocab_size == vocab_size and tok.vocab_list()[BLANK_ID] == "<blank>"
     sentence = labelled[0]["wrd"]
     assert BLANK_ID not in tok.encode(sentence) and tok.decode(tok.encode(sentence)) == sentence
 

@@ -2,10 +2,14 @@
 """Paired-bootstrap comparison of two trained models of one experiment, per condition.
 
     python recipes/KD-Noise/compare.py exp/synthetic teacher teacher_seq [--conditions dev clean] [--decoder lm]
+    python recipes/KD-Noise/compare.py exp/subword teacher teacher --reference_exp exp/char
 
 Reads ``<exp>/scores.json`` (per-utterance errors of every decoder) and prints
 the relative WER change of the second model against the first with its 95%
 interval, P(improvement) and verdict; utterance and speaker-block bootstrap.
+With ``--reference_exp`` the reference model comes from another experiment
+(e.g. characters against sub-words on the same corpus): both must have scored
+the same utterances against the same transcripts.
 Select and tune on ``dev`` only: test conditions are for reporting.
 """
 
@@ -21,6 +25,15 @@ from kd_brain.evaluate import headline  # noqa: E402
 from kd_brain.report import interval_cell  # noqa: E402
 
 
+def read_model(exp, name):
+    """One model's scores from ``<exp>/scores.json``, or an exit naming what is there."""
+    with open(os.path.join(exp, "scores.json")) as f:
+        scores = json.load(f)
+    if name not in scores:
+        sys.exit(f"{exp}/scores.json has no model {name!r}; it has {sorted(scores)}")
+    return scores[name]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("exp")
@@ -28,18 +41,17 @@ def main(argv=None):
     p.add_argument("model")
     p.add_argument("--conditions", nargs="*", help="default: every condition both models have")
     p.add_argument("--decoder", help="lm, beam or greedy (default: the headline decoder)")
+    p.add_argument("--reference_exp", help="experiment of the reference model (default: exp)")
     args = p.parse_args(argv)
-    with open(os.path.join(args.exp, "scores.json")) as f:
-        scores = json.load(f)
-    for name in (args.reference, args.model):
-        if name not in scores:
-            sys.exit(f"{args.exp}/scores.json has no model {name!r}; it has {sorted(scores)}")
-    ref, mod = scores[args.reference], scores[args.model]
+    ref_exp = args.reference_exp or args.exp
+    ref, mod = read_model(ref_exp, args.reference), read_model(args.exp, args.model)
     rows = []
     for cond in args.conditions or [c for c in ref if c in mod]:
         dec = args.decoder or headline(ref[cond])
         if "utt_errors" not in ref[cond] or dec not in ref[cond]["utt_errors"]:
             sys.exit(f"{args.reference}/{cond}: no per-utterance errors for decoder {dec} (scored before they were kept)")
+        if set(ref[cond]["utt_errors"][dec]) != set(mod[cond]["utt_errors"][dec]):
+            sys.exit(f"{cond}: {ref_exp}/{args.reference} and {args.exp}/{args.model} scored different utterances")
         c = compare(ref[cond]["utt_errors"][dec], mod[cond]["utt_errors"][dec], ref[cond].get("speakers"))
         rows.append(f"| {cond} | {dec} | {ref[cond][dec]:.2f} | {mod[cond][dec]:.2f} | {interval_cell(c)} | "
                     f"{interval_cell(c['block'])} | {verdict(c)} |")
