@@ -1,4 +1,4 @@
-"""compare.py: two models' per-utterance errors -> interval, verdict; a model without counts is named. curves.py."""
+"""compare.py: two models' per-utterance errors -> interval, verdict; a model without counts is named. curves.py; run.py --units."""
 
 import json
 
@@ -50,3 +50,16 @@ def test_curves_script_tables_and_plots_learning_curves(tmp_path, capsys):
     assert out.stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="curve.csv not found"):
         load_recipe("curves").main([str(tmp_path / "missing")])
+
+
+def test_run_units_char_is_one_setting():
+    """`run.py --units char`: every stage gets the character keys, the user's own overrides win."""
+    run = load_recipe("run")
+    assert run.unit_overrides("subword", ["--lr=1"]) == ["--lr=1"]
+    char = run.unit_overrides("char", ["--word_score=0.5"])
+    assert "--token_type=char" in char and "--vocab_size=30" in char and "--aux_ctc_weight=0.0" in char
+    assert [a for a in char if a.startswith("--word_score")] == ["--word_score=0.5"]
+    plan, _ = run.stages("speechocean762", 1.0, "exp/speechocean762_char", units="char")
+    assert "--init_from=exp/synthetic_char/teacher" in dict(plan)["teacher"]
+    plan, _ = run.stages("speechocean762", 1.0, "exp/speechocean762")
+    assert "--init_from=exp/synthetic/teacher" in dict(plan)["teacher"]

@@ -50,6 +50,16 @@ def test_rerun_over_complete_store_does_nothing(tiny_teacher, store_dir):
     assert {p: os.path.getmtime(store_dir / p) for p in os.listdir(store_dir)} == before
 
 
+def test_k_beyond_the_units_keeps_all_of_them(tiny_teacher, store_dir, tmp_path, capsys):
+    """extract.yaml's k = 40 on a 30-character teacher stores the whole distribution (k = V), said in a line."""
+    run_extract(tiny_teacher, tmp_path / "all", k=40)
+    assert "k=40 > the teacher's 30 units: the store keeps all 30" in capsys.readouterr().out
+    full, top5 = SoftLabelStore(str(tmp_path / "all")), SoftLabelStore(str(store_dir))
+    assert full.meta["k"] == 30
+    u = next(iter(top5))
+    assert full[u].indices.shape[1] == 30 and torch.equal(full[u].indices[:, :5], top5[u].indices)
+
+
 def test_mismatched_teacher_refused(tiny_teacher, store_dir):
     with pytest.raises(IncompatibleStoreError, match="k"):
         run_extract(tiny_teacher, store_dir, k=4)

@@ -37,7 +37,11 @@ def main(argv):
         thp["nbest_searcher"] = NBestSearcher(tokenizer, hp["nbest"], hp["beam_size"])
     brain = ExtractBrain(modules=thp["modules"], hparams=thp, run_opts=run_opts, checkpointer=thp["checkpointer"])
     brain.checkpoint = best  # the lowest-dev-WER checkpoint, the one the metadata names
-    writer = SoftLabelWriter(hp["output_folder"], k=hp["k"], vocab_size=thp["model"].vocab_size,
+    vocab_size = thp["model"].vocab_size
+    k = min(hp["k"], vocab_size)  # k beyond V (k=40 of 30 characters) is the full distribution
+    if k < hp["k"]:
+        print(f"extract: k={hp['k']} > the teacher's {vocab_size} units: the store keeps all {vocab_size}")
+    writer = SoftLabelWriter(hp["output_folder"], k=k, vocab_size=vocab_size,
                              meta=meta, rank=rank, quant_step=hp["quant_step"], level=hp["zstd_level"])
     with writer:
         for manifest in manifests:

@@ -4,6 +4,7 @@
     python recipes/KD-Noise/run.py                          # default: synthetic corpus
     python recipes/KD-Noise/run.py --corpus speechocean762  # the real bed (../shared/data)
     python recipes/KD-Noise/run.py --seeds 3                # + every training stage for seeds 1 and 2
+    python recipes/KD-Noise/run.py --units char             # character models, in exp/synthetic_char
 
 Stages (each one command, printed before it runs, so any stage can be rerun
 or forked by hand): corpus, prepare, teacher, teacher_seq, extract, student,
@@ -34,6 +35,21 @@ STUDENT_SEQ = ["--criterion=mwer", "--model_name=student_seq", "--init_from=stud
                "--number_of_epochs=1", "--lr=0.0001"]
 # Baselines: the student's initialisation (init_from), contaminator and epochs; only the targets differ.
 MULTICONDITION = ["--criterion=ctc", "--model_name=multicondition", "--train_splits=[labelled]"]
+# The configs' units are 256 sub-words with the auxiliary character CTC; characters change
+# these keys together (the decoder values from the character dev grid, recipe README).
+CHAR_UNITS = ["--vocab_size=30", "--token_type=char", "--aux_ctc_weight=0.0", "--lm_weight=2.0", "--word_score=-1.0"]
+
+
+def default_exp(corpus, units):
+    return f"exp/{corpus}" + ("_char" if units == "char" else "")
+
+
+def unit_overrides(units, extra):
+    """The overrides of ``--units`` ahead of the user's own (which win on a shared key)."""
+    if units == "subword":
+        return list(extra)
+    keys = {e.split("=", 1)[0] for e in extra if "=" in e}
+    return [a for a in CHAR_UNITS if a.split("=", 1)[0] not in keys] + list(extra)
 
 
 def pseudo_label_args(run):
@@ -46,7 +62,7 @@ def yaml_seed(path):
         return int(re.search(r"^seed: (\d+)", f.read(), flags=re.M).group(1))
 
 
-def stages(corpus, hours, exp, seed_index=0):
+def stages(corpus, hours, exp, seed_index=0, units="subword"):
     """[(name, argv)] for a corpus; argv runs from the repository root.
 
     Seed 0 is the default run in ``exp``; seed i > 0 trains every model again
@@ -63,7 +79,8 @@ def stages(corpus, hours, exp, seed_index=0):
     else:
         # From scratch the bed teacher stays at the CTC plateau on 2 cores; it starts from the
         # synthetic-corpus teacher of the main job (run that first).
-        teacher = ["hparams/teacher_bed.yaml", f"--exp_folder={run}", "--init_from=exp/synthetic/teacher"]
+        teacher = ["hparams/teacher_bed.yaml", f"--exp_folder={run}",
+                   f"--init_from={default_exp('synthetic', units)}/teacher"]
         noise, first = [], []
     student = ["hparams/student.yaml", f"--exp_folder={run}"] + noise
     if seed_index:
@@ -179,13 +196,16 @@ def main():
     parser.add_argument("--seeds", type=int, default=1,
                         help="train every model N times with different seeds (same corpus and test sets)")
     parser.add_argument("--stages", nargs="*", help="run only these stages, even if done")
+    parser.add_argument("--units", default="subword", choices=["subword", "char"],
+                        help="output units of every model (char: 30 characters; default exp/<corpus>_char)")
     args, extra = parser.parse_known_args()
-    exp = args.exp or f"exp/{args.corpus}"
+    extra = unit_overrides(args.units, extra)
+    exp = args.exp or default_exp(args.corpus, args.units)
     if args.corpus == "speechocean762" and not os.path.isdir(SHARED):
         sys.exit(f"{SHARED} not found: the real bed needs ../shared/data beside the repository")
     runs, order = [], []
     for i in range(args.seeds):
-        plan, run = stages(args.corpus, args.hours, exp, seed_index=i)
+        plan, run = stages(args.corpus, args.hours, exp, seed_index=i, units=args.units)
         if args.seeds > 1:
             print(f"\n##### seed run {i + 1} of {args.seeds}: {run}", flush=True)
         for name, argv in plan:
