@@ -20,7 +20,7 @@ from kd_brain.lm import LexiconLMDecoder, build_lm
 from kd_brain.tokenizer import Tokenizer, tokenizer_dir
 
 logger = logging.getLogger(__name__)
-LM_KEYS = ("lm_order", "lm_weight", "word_score", "lm_beam_size")
+LM_KEYS = ("lm_order", "lm_weight", "word_score", "lm_beam_size", "lm_token_beam")
 MAX_CHAIN = 20  # teacher_dir links followed before we call it a loop
 
 
@@ -88,7 +88,7 @@ def lm_decoder(lm, data_folder, tokenizer, nbest=1):
         return None
     lm_dir = os.path.join(data_folder, f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
     run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]])
-    return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
+    return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"], token_beam=lm["lm_token_beam"],
                             lm_weight=lm["lm_weight"], word_score=lm["word_score"], nbest=nbest)
 
 

@@ -132,4 +132,9 @@ def test_lexicon_decoder_returns_words_from_subword_units(tmp_path):
     lp = _emissions(tok, frames + [{}])
     decoder = LexiconLMDecoder(lm_dir, pieces, beam_size=20, lm_weight=1.0, word_score=0.0)
     assert decoder(lp, torch.ones(1)) == [["TURN", "OFF", "THE", "LIGHTS"]]
+    # the per-frame token beam keeps the two candidates of the last piece: same words
+    narrow = LexiconLMDecoder(lm_dir, pieces, beam_size=20, lm_weight=1.0, word_score=0.0, token_beam=4)
+    assert narrow(lp, torch.ones(1)) == [["TURN", "OFF", "THE", "LIGHTS"]]
+    one = LexiconLMDecoder(lm_dir, pieces, beam_size=20, lm_weight=1.0, word_score=0.0, token_beam=1)
+    assert one(lp, torch.ones(1)) != [["TURN", "OFF", "THE", "LIGHTS"]]  # only the wrong letter was tried
     assert tok.decode(lp[0].argmax(-1).unique_consecutive().tolist()) != "TURN OFF THE LIGHTS"
