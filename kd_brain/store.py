@@ -16,13 +16,15 @@ constant.
 The record encoding is in :mod:`kd_brain.store_codec`, the file framing
 (blocks, shard footers, index) in :mod:`kd_brain.store_files`.
 
-Disk cost at k = 20 (both the CPU config, 30 units, and the large
+Disk cost at k = 20 (the CPU configs, 256 sub-words, and the large
 LibriSpeech config, 512 units, emit 25 frames/s):
 
 * computed, uncompressed: k * (2 B index + 2 B value) = 80 B/frame
   = 7.2 MB per hour of audio (x 7,200 h = 52 GB);
-* measured, CPU config: the real stores of the main job and of the bed are
-  23.5 and 22.9 B/frame = 2.1 MB per hour of audio (x 7,200 h = 15 GB);
+* measured, the main job's sub-word store (``bench/bench_real_store.py``):
+  8.5 / 15.2 / 27.0 / 49.6 B/frame at k = 5 / 10 / 20 / 40, i.e. 2.4 MB
+  per hour of audio at k = 20 (x 7,200 h = 17.5 GB); its character store
+  (30 units) was 21.8 B/frame at k = 20;
 * estimated, large config (no such teacher is trained here):
   ``bench/bench_store.py`` on synthetic peaky CTC posteriors at V = 500
   (a linear read-out of a smooth encoder state; see the benchmark) gives

@@ -55,7 +55,9 @@ def main(argv=None):
         c = compare(ref[cond]["utt_errors"][dec], mod[cond]["utt_errors"][dec], ref[cond].get("speakers"))
         rows.append(f"| {cond} | {dec} | {ref[cond][dec]:.2f} | {mod[cond][dec]:.2f} | {interval_cell(c)} | "
                     f"{interval_cell(c['block'])} | {verdict(c)} |")
-    print(f"| condition | decoder | {args.reference} | {args.model} | change (utterances) | change (speakers) | verdict |")
+    names = (args.reference, args.model) if not args.reference_exp else (
+        f"{ref_exp}/{args.reference}", f"{args.exp}/{args.model}")  # two experiments: say which is which
+    print(f"| condition | decoder | {names[0]} | {names[1]} | change (utterances) | change (speakers) | verdict |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return rows
