@@ -41,7 +41,6 @@ class CorpusError(ValueError):
     """Bad input in a corpus; the message names the file and utterance."""
 
 
-
 def process_pool(num_workers, **kwargs):
     """Worker processes started by forkserver, not fork.
 
@@ -50,6 +49,7 @@ def process_pool(num_workers, **kwargs):
     died with a libgomp segfault in the room-bank workers, and a rerun passed).
     """
     return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("forkserver"), **kwargs)
+
 
 def read_kaldi_dir(data_dir):
     """Reads a Kaldi data directory into ``{utt_id: {"wav", "wrd", "spk_id"}}``.

@@ -88,8 +88,9 @@ def lm_decoder(lm, data_folder, tokenizer, nbest=1):
         return None
     lm_dir = os.path.join(data_folder, f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
     run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]])
-    return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"], token_beam=lm["lm_token_beam"],
-                            lm_weight=lm["lm_weight"], word_score=lm["word_score"], nbest=nbest)
+    return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
+                            token_beam=lm["lm_token_beam"], lm_weight=lm["lm_weight"], word_score=lm["word_score"],
+                            nbest=nbest)
 
 
 def nbest_searcher(source, lm, data_folder, tokenizer, nbest, beam_size):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Paired-bootstrap comparison of two trained models of one experiment, per condition.
+"""Paired-bootstrap comparison of two trained models (of one experiment or two), per condition.
 
     python recipes/KD-Noise/compare.py exp/synthetic teacher teacher_seq [--conditions dev clean] [--decoder lm]
     python recipes/KD-Noise/compare.py exp/subword teacher teacher --reference_exp exp/char
