@@ -47,10 +47,7 @@ def default_exp(corpus, units):
 
 def unit_overrides(units, extra):
     """The overrides of ``--units`` ahead of the user's own (which win on a shared key)."""
-    if units == "subword":
-        return list(extra)
-    keys = {e.split("=", 1)[0] for e in extra if "=" in e}
-    return [a for a in CHAR_UNITS if a.split("=", 1)[0] not in keys] + list(extra)
+    return list(extra) if units == "subword" else merge(CHAR_UNITS, extra)
 
 
 def pseudo_label_args(run):

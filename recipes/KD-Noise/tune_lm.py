@@ -22,12 +22,15 @@ from kd_brain.dataio import make_dataset  # noqa: E402
 from kd_brain.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
 
 
-def dev_log_probs(model_dir):
-    """{utt: (log-probs [T, V], transcript)} of dev, computed once per model folder."""
+def dev_log_probs(model_dir, source):
+    """{utt: (log-probs [T, V], transcript)} of dev, computed once per model folder.
+
+    ``source`` is the folder's ``load_label_source`` (model, origin config, best checkpoint, tokenizer).
+    """
     cache = os.path.join(model_dir, "dev_logprobs.pt")
     if os.path.isfile(cache):
         return torch.load(cache, weights_only=True)
-    cfg, origin, best, tokenizer = load_label_source(model_dir)
+    cfg, origin, best, tokenizer = source
     cfg["checkpointer"].load_checkpoint(best)
     model, norm, feats = cfg["model"].eval(), cfg["normalize"].eval(), cfg["compute_features"]
     out = {}
@@ -44,9 +47,10 @@ def main(argv=None):
     if len(argv) < 2:
         sys.exit(__doc__)
     model_dir, grid = argv[0], [tuple(float(x) for x in a.split(",")) for a in argv[1:]]
-    _, origin, _, tokenizer = load_label_source(model_dir)
+    source = load_label_source(model_dir)
+    _, origin, _, tokenizer = source
     lm = lm_settings(origin)
-    dev = dev_log_probs(model_dir)
+    dev = dev_log_probs(model_dir, source)
     results = {}
     for lm_weight, word_score in grid:
         # the model's own decoder (LM and lexicon built once, skipped after) with two settings changed
