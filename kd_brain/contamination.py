@@ -261,6 +261,11 @@ class Contaminator:
     min_segment_db : float
         A noise segment this much quieter than its clip's average (e.g. a pause in talk) is
         redrawn, so that the gain reaching the SNR stays finite.
+    clean_share : float
+        Share of examples left clean (no noise, no room: what the teacher heard). The paper
+        contaminates all (0, the default); the ``clean_share`` ablation asks whether a
+        clean share keeps the student's clean WER. Drawn first, and only when > 0, so the
+        default draws stay the same.
 
     Example
     -------
@@ -276,7 +281,9 @@ class Contaminator:
 
     def __init__(self, noises, rooms=None, n_noise_probs=(0.5, 0.3, 0.2), snr_range=(0.0, 20.0),
                  reverb_speech=True, seed=0, source_transform=None, output_transform=None,
-                 max_peak=0.99, min_segment_db=-30.0):
+                 max_peak=0.99, min_segment_db=-30.0, clean_share=0.0):
+        if not 0.0 <= clean_share < 1.0:
+            raise NoiseError(f"clean_share={clean_share}: must be in [0, 1)")
         probs = np.asarray(n_noise_probs, dtype=np.float64)
         if probs.ndim != 1 or len(probs) == 0 or (probs < 0).any() or probs.sum() <= 0:
             raise NoiseError(f"n_noise_probs={n_noise_probs}: need non-negative weights for 1, 2, ... noises")
@@ -286,6 +293,7 @@ class Contaminator:
         self.snr_range, self.reverb_speech, self.seed = tuple(snr_range), reverb_speech, seed
         self.source_transform, self.output_transform = source_transform, output_transform
         self.max_peak, self.min_segment_db, self.epoch = max_peak, min_segment_db, 0
+        self.clean_share = float(clean_share)
 
     def set_epoch(self, epoch):
         """Sets the epoch used when a call gives none (call before each epoch's dataloader)."""
@@ -315,6 +323,9 @@ class Contaminator:
         """Draws everything for one utterance of ``num_samples`` samples (no audio work
         beyond checking that noise segments are not silent). Returns a JSON-able dict."""
         rng = np.random.default_rng(seed)
+        if self.clean_share > 0 and rng.random() < self.clean_share:
+            return dict(seed=int(seed), n_noises=0, noise_ids=[], noise_offsets=[], snrs=[],
+                        room="none", speech_rir="none", noise_rirs=[])
         n = int(rng.choice(len(self.probs), p=self.probs)) + 1
         picks = rng.choice(len(self.noises), n, replace=n > len(self.noises))
         snrs = rng.uniform(*self.snr_range, size=n)
@@ -349,6 +360,8 @@ class Contaminator:
         length = x.shape[0]
         if length == 0:
             raise ValueError("cannot contaminate an empty utterance")
+        if plan["n_noises"] == 0:  # a clean example (clean_share): the signal as it is
+            return (wav.clone(), x.clone().view(1, -1)) if return_components else wav.clone()
         if self.source_transform is not None:
             x = self.source_transform(x)
         rirs = self._rirs([plan["speech_rir"]] + plan["noise_rirs"])

@@ -86,8 +86,10 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
     ``labelled`` False and a placeholder token: the transcripts kept aside
     for evaluation are never opened.
     Adds ``noisy_sig`` (``contaminator(sig, utt_id)``; the epoch is the
-    contaminator's), ``kd_idx`` / ``kd_logp`` (top-k of the soft-label store)
-    and ``kd_nbest`` (the teacher's N-best as (token ids, score) pairs).
+    contaminator's), ``kd_idx`` / ``kd_logp`` (top-k of the soft-label store),
+    ``kd_side`` (its side array, when the store has one: targets ``tail``
+    and ``sampled``) and ``kd_nbest`` (the teacher's N-best as (token ids,
+    score) pairs).
 
     Arguments
     ---------
@@ -149,6 +151,9 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
 
         ds.add_dynamic_item(label_pipeline)
         keys += ["kd_idx", "kd_logp"]
+        if store.side_temperatures:
+            ds.add_dynamic_item(store.side, takes="id", provides="kd_side")
+            keys.append("kd_side")
         if nbest:
             ds.add_dynamic_item(store.nbest, takes="id", provides="kd_nbest")
             keys.append("kd_nbest")

@@ -7,6 +7,12 @@ top-k log-probs (and optionally its N-best) to this rank's
 every world_size-th utterance and writes its own shards; rank 0 merges the
 index. Utterances already in the store are skipped, so a killed extraction
 resumes, and a rerun over a complete store does nothing.
+
+The same teacher pass can fill a second store, ``sampled_writer``: per
+frame, K draws with replacement from the teacher's T = 1 softmax (the
+``sampled`` target, :mod:`kd_brain.targets`). Either writer may have side
+temperatures; their side arrays (tail mass beyond the top-k, ``log Z_T``)
+are computed here from the full distribution, which no store keeps.
 """
 
 import hashlib
@@ -14,12 +20,11 @@ import logging
 import os
 
 import numpy as np
-import speechbrain as sb
 import torch
 
 from kd_brain.brain import CTCBrain
 from kd_brain.lm import flashlight_decode, flashlight_decoder
-from kd_brain.store import SoftLabelWriter
+from kd_brain.targets import draw_units, log_partition, tail_log_mass
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +121,12 @@ class ExtractBrain(CTCBrain):
 
     Set ``writer`` (a ``SoftLabelWriter``) before ``evaluate``; with
     ``hparams.nbest > 0`` the teacher's N-best from ``hparams.nbest_searcher``
-    (a :class:`NBestSearcher`) is stored too.
+    (a :class:`NBestSearcher`) is stored too. ``sampled_writer`` (a writer
+    with ``target="sampled"``), if set, gets each utterance's draws.
     """
 
     writer = None
+    sampled_writer = None
 
     def compute_objectives(self, predictions, batch, stage):
         log_probs, lens = predictions
@@ -135,9 +142,26 @@ class ExtractBrain(CTCBrain):
         if getattr(self.hparams, "nbest", 0) > 0:
             nbests = self.hparams.nbest_searcher(log_probs, lens)
         todo = [i for i, u in enumerate(batch.id) if u not in self.writer]  # a resumed batch may be partly stored
+        temps = self.writer.side_temperatures
+        side = tail_log_mass(log_probs[todo], indices[todo], temps) if temps and todo else None
         self.writer.add_batch([batch.id[i] for i in todo], indices[todo], values[todo],
-                              [n_frames[i] for i in todo], [nbests[i] for i in todo])
+                              [n_frames[i] for i in todo], [nbests[i] for i in todo], side)
+        if self.sampled_writer is not None:
+            self._add_sampled(log_probs, batch.id, n_frames)
         return torch.zeros((), device=self.device)
+
+    def _add_sampled(self, log_probs, ids, n_frames):
+        w = self.sampled_writer
+        todo = [i for i, u in enumerate(ids) if u not in w]
+        if not todo:
+            return
+        # per utterance, on its own frames only: the draws must not depend on the batch's padding
+        draws = [draw_units(log_probs[i, :n_frames[i]], w.k, w.meta["sample_seed"], ids[i]) for i in todo]
+        pad = torch.nn.utils.rnn.pad_sequence  # padding 0 keeps the batch sorted and valid; never stored
+        side = log_partition(log_probs[todo], w.side_temperatures)
+        w.add_batch([ids[i] for i in todo], pad([d[0] for d in draws], batch_first=True),
+                    pad([d[1] for d in draws], batch_first=True), [n_frames[i] for i in todo],
+                    side=side[:, : max(n_frames[i] for i in todo)])
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         pass
@@ -155,20 +179,21 @@ def plan_batches(dataset, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def extract(brain, dataset, writer, batch_size, rank=0, world_size=1):
-    """Stores soft labels for the utterances of ``dataset`` that ``writer`` lacks.
+def extract(brain, dataset, writer, batch_size, rank=0, world_size=1, sampled_writer=None):
+    """Stores soft labels for the utterances of ``dataset`` that ``writer`` (or ``sampled_writer``) lacks.
 
     Batch ``i`` of ``plan_batches`` goes to rank ``i % world_size``; batches
-    whose utterances are all stored are skipped. Returns the number of
-    utterances written by this rank.
+    whose utterances are all stored (in both stores) are skipped. Returns the
+    number of utterances written to ``writer`` by this rank.
     """
     ids = dataset.data_ids
+    writers = [w for w in (writer, sampled_writer) if w is not None]
     todo = [b for i, b in enumerate(plan_batches(dataset, batch_size))
-            if i % world_size == rank and not all(ids[j] in writer for j in b)]
+            if i % world_size == rank and not all(ids[j] in w for j in b for w in writers)]
     if not todo:
         logger.info("rank %d: every utterance already stored", rank)
         return 0
-    brain.writer = writer
+    brain.writer, brain.sampled_writer = writer, sampled_writer
     before = len(writer.stored_ids)
     brain.evaluate(dataset, test_loader_kwargs={"batch_sampler": todo}, progressbar=True)
     return len(writer.stored_ids) - before

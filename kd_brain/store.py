@@ -1,4 +1,4 @@
-"""Soft-label store: the teacher's top-k CTC log-probabilities, per utterance.
+"""Soft-label store: the teacher's top-k CTC log-probabilities (or K draws), per utterance.
 
 Layout of a store directory::
 
@@ -13,8 +13,20 @@ T = 1, sorted by descending log-prob; any temperature is applied at read time
 and renormalised, because log-probs differ from logits by a per-frame
 constant.
 
+For the frame-target ablations (:mod:`kd_brain.targets`; the student's
+``target``), a store may also hold a *side array* per frame, one value per
+temperature in its meta's ``side_temperatures`` (an extraction setting, so
+a student reads at exactly those T): in a top-k store the tempered mass of
+the units beyond its k (``target: tail``); in a *sampled* store (meta
+``target: sampled``, ``sample_seed``), whose K entries per frame are draws
+with replacement from the T = 1 softmax (duplicates adjacent), the
+per-frame ``log Z_T`` its importance weights need. Stores without these keys
+(all stores before them, and any extracted with ``side_temperatures: []``)
+are byte-identical to before and read as before.
+
 The record encoding is in :mod:`kd_brain.store_codec`, the file framing
-(blocks, shard footers, index) in :mod:`kd_brain.store_files`.
+(blocks, shard footers, index) in :mod:`kd_brain.store_files`, the reader
+in :mod:`kd_brain.store_reader`.
 
 Disk cost at k = 20 (the CPU configs, 256 sub-words, and the large
 LibriSpeech config, 512 units, emit 25 frames/s):
@@ -25,6 +37,11 @@ LibriSpeech config, 512 units, emit 25 frames/s):
   8.5 / 15.2 / 27.0 / 49.6 B/frame at k = 5 / 10 / 20 / 40, i.e. 2.4 MB
   per hour of audio at k = 20 (x 7,200 h = 17.5 GB); its character store
   (30 units) was 21.8 B/frame at k = 20;
+* measured, the ablations' extras on that teacher (the same benchmark
+  re-runs it over 306 s of the store's audio): the side array at
+  T = 1, 2, 4 adds 4.3 B/frame at k = 20 or 40 (+16% at k = 20); a sampled
+  store costs 5.2 / 5.7 B/frame at K = 20 / 40, 2.3 of it the side array
+  (the teacher is peaky: 1.2-1.3 distinct units per frame among the draws);
 * estimated, large config (no such teacher is trained here):
   ``bench/bench_store.py`` on synthetic peaky CTC posteriors at V = 500
   (a linear read-out of a smooth encoder state; see the benchmark) gives
@@ -41,25 +58,23 @@ CPU teacher's forward pass instead of 2.6-3.0% (``bench/bench_extract.py``).
 """
 
 import json
-import mmap
 import os
 import struct
 import zlib
-from collections import namedtuple
 
 import numpy as np
 import torch
 import zstandard
 
-from kd_brain.store_codec import QUANT_SCHEDULE, _decode, _decode_nbest, _level_table, _nearest_level_lut, _pack, _quantize
-from kd_brain.store_files import (END_MAGIC, FORMAT_VERSION, INDEX_FILE, META_FILE, SHARD_MAGIC, SHARD_RE,
-                                  CorruptStoreError, _atomic_write, _check, _pack_block, _read_meta, _shards,
-                                  _unpack_block, stored_ids)
+from kd_brain.store_codec import (QUANT_SCHEDULE, SIDE_TOP, _check_side, _level_table, _nearest_level_lut, _pack,
+                                  _pack_side, _quantize)
+from kd_brain.store_files import (END_MAGIC, FORMAT_VERSION, META_FILE, SHARD_MAGIC, SHARD_RE, _atomic_write, _check,
+                                  _pack_block, _read_meta, _shards, stored_ids)
+from kd_brain.targets import draw_units, log_partition, side_meta, tail_log_mass
 # The store's API, wherever it is defined
 from kd_brain.store_codec import quant_bound, temper  # noqa: F401,E402
-from kd_brain.store_files import IncompatibleStoreError, StoreError, merge_index  # noqa: F401,E402
-
-SoftLabels = namedtuple("SoftLabels", ["indices", "log_probs"])
+from kd_brain.store_files import CorruptStoreError, IncompatibleStoreError, StoreError, merge_index  # noqa: F401,E402
+from kd_brain.store_reader import SoftLabels, SoftLabelStore  # noqa: F401,E402
 
 
 class SoftLabelWriter:
@@ -93,6 +108,17 @@ class SoftLabelWriter:
         Roll to a new shard once the current one reaches this size.
     level : int
         zstd compression level.
+    target : str
+        ``topk`` (the k best units) or ``sampled`` (k draws with replacement
+        from the T = 1 softmax, see :func:`kd_brain.targets.draw_units`).
+    side_temperatures : list of float
+        Also store the side array (:mod:`kd_brain.targets`) at these
+        temperatures: the tail mass beyond the k units (``topk``) or
+        ``log Z_T`` (``sampled``, required there). Empty: none, and the
+        store's metadata and records are those of a plain top-k store.
+    sample_seed : int
+        With ``target="sampled"``: the draws of an utterance depend on this
+        and its ID only.
 
     Example
     -------
@@ -108,14 +134,16 @@ class SoftLabelWriter:
 
     def __init__(
         self, store_dir, k, vocab_size, meta, rank=0, quant_step=0.1,
-        max_shard_bytes=256 << 20, level=3,
+        max_shard_bytes=256 << 20, level=3, target="topk", side_temperatures=(), sample_seed=None,
     ):
-        if not 0 < k <= vocab_size <= 65536:
+        # draws are with replacement: a sampled store may hold more entries per frame than units
+        if not (0 < k <= (k if target == "sampled" else vocab_size) and vocab_size <= 65536):
             raise ValueError(f"need 0 < k <= vocab_size <= 65536, got k={k}, V={vocab_size}")
         self.store_dir, self.rank, self.k, self.vocab_size = store_dir, rank, k, vocab_size
         self.step, self.max_shard_bytes = quant_step, max_shard_bytes
         self.meta = dict(meta, format=FORMAT_VERSION, k=k, vocab_size=vocab_size, quant_step=quant_step,
-                         quant_schedule=list(QUANT_SCHEDULE))
+                         quant_schedule=list(QUANT_SCHEDULE), **side_meta(target, side_temperatures, sample_seed))
+        self.target, self.side_temperatures = target, self.meta.get("side_temperatures", [])
         self._table = _nearest_level_lut(_level_table(quant_step, QUANT_SCHEDULE))  # for _quantize
         os.makedirs(store_dir, exist_ok=True)
         self._init_meta()
@@ -140,7 +168,7 @@ class SoftLabelWriter:
         return utt_id in self.stored_ids
 
     def add(self, utt_id, log_probs, nbest=None):
-        """Stores the top-k of one utterance's teacher outputs.
+        """Stores the top-k (a sampled store: k draws) of one utterance's teacher outputs, and any side array.
 
         Arguments
         ---------
@@ -155,10 +183,16 @@ class SoftLabelWriter:
         if x.ndim != 2 or x.shape[1] != self.vocab_size:
             raise ValueError(f"{utt_id}: expected [frames, {self.vocab_size}], got {list(x.shape)}")
         self._check_finite(utt_id, x)
-        values, indices = torch.topk(x.log_softmax(-1), self.k, dim=-1)
-        self.add_topk(utt_id, indices, values, nbest)
+        x, temps = x.log_softmax(-1), self.side_temperatures
+        if self.target == "sampled":
+            indices, values = draw_units(x, self.k, self.meta["sample_seed"], utt_id)
+            side = log_partition(x, temps)
+        else:
+            values, indices = torch.topk(x, self.k, dim=-1)
+            side = tail_log_mass(x, indices, temps) if temps else None
+        self.add_topk(utt_id, indices, values, nbest, side)
 
-    def add_topk(self, utt_id, indices, log_probs, nbest=None):
+    def add_topk(self, utt_id, indices, log_probs, nbest=None, side=None):
         """Stores a top-k computed elsewhere (e.g. ``torch.topk`` on the GPU).
 
         Arguments
@@ -171,19 +205,24 @@ class SoftLabelWriter:
             [frames, k] log-probabilities (T = 1) of those tokens.
         nbest : list of (list of int, float), optional
             The teacher's N-best hypotheses (token IDs, score).
+        side : torch.Tensor or numpy.ndarray, optional
+            [frames, len(side_temperatures)]: required iff the store has side
+            temperatures (:func:`kd_brain.targets.tail_log_mass` or
+            :func:`~kd_brain.targets.log_partition` of the full log-probs).
         """
         idx = torch.as_tensor(indices).detach().cpu().long().numpy()
         lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
         self._validate(utt_id, idx, lp)
         self._check_finite(utt_id, lp)
+        side = self._side(utt_id, side, len(idx))
         if lp.size and lp.max() > 1e-3:
             raise ValueError(f"{utt_id}: positive log-probs; pass logits to add(), not add_topk()")
         if not (lp[:, :-1] >= lp[:, 1:]).all():  # torch.topk output is sorted already
             order = np.argsort(-lp, axis=1, kind="stable")
             idx, lp = np.take_along_axis(idx, order, 1), np.take_along_axis(lp, order, 1)
-        self._write(utt_id, idx, *_quantize(lp, self.step, self._table), nbest)
+        self._write(utt_id, idx, *_quantize(lp, self.step, self._table), nbest, side)
 
-    def add_batch(self, utt_ids, indices, log_probs, frames, nbests=None):
+    def add_batch(self, utt_ids, indices, log_probs, frames, nbests=None, side=None):
         """Stores a padded batch of top-k outputs, e.g. ``log_probs.topk(k)`` of a teacher batch.
 
         Same records as :meth:`add_topk` per utterance, with the checks and
@@ -203,10 +242,13 @@ class SoftLabelWriter:
             Valid frames per utterance; the rest is padding.
         nbests : list, optional
             Per utterance, an N-best list (see :meth:`add_topk`) or None.
+        side : torch.Tensor, optional
+            [batch, time, len(side_temperatures)], as in :meth:`add_topk`.
         """
         idx = torch.as_tensor(indices).detach().cpu().long().numpy()
         lp = torch.as_tensor(log_probs).detach().float().cpu().numpy()
         nbests = nbests or [None] * len(utt_ids)
+        sides = None if side is None else torch.as_tensor(side).detach().float().cpu().numpy()
         if idx.ndim != 3 or idx.shape[2] != self.k or lp.shape != idx.shape:
             raise ValueError(f"add_batch: expected [batch, time, {self.k}] indices and log-probs, "
                              f"got {list(idx.shape)} and {list(lp.shape)}")
@@ -222,18 +264,29 @@ class SoftLabelWriter:
             and (idx.size == 0 or (
                 np.isfinite(lp).all() and lp.max() <= 1e-3 and (lp[..., :-1] >= lp[..., 1:]).all()
                 and idx.min() >= 0 and idx.max() < self.vocab_size))
+            and (side is None) == (not self.side_temperatures)
+            and (side is None or (sides.shape == idx.shape[:2] + (len(self.side_temperatures),)
+                                  and not np.isnan(sides).any() and not (sides > SIDE_TOP).any()))
         )
         if not valid:  # padding may be what fails; per utterance, the error names it
             for b, (uid, n, nb) in enumerate(zip(utt_ids, frames, nbests)):
-                self.add_topk(uid, idx[b, :n], lp[b, :n], nb)
+                self.add_topk(uid, idx[b, :n], lp[b, :n], nb, None if side is None else sides[b, :n])
             return
         q1, dlevel = _quantize(lp, self.step, self._table)
         for b, (uid, n, nb) in enumerate(zip(utt_ids, frames, nbests)):
-            self._write(uid, idx[b, :n], q1[b, :n], dlevel[b, :n], nb)
+            self._write(uid, idx[b, :n], q1[b, :n], dlevel[b, :n], nb, None if side is None else sides[b, :n])
 
-    def _write(self, utt_id, idx, q1, dlevel, nbest):
+    def _side(self, utt_id, side, frames):
+        if not self.side_temperatures:
+            if side is not None:  # would be dropped without a trace
+                raise ValueError(f"{utt_id}: side array given, but {self.store_dir} has no side_temperatures")
+            return None
+        return _check_side(utt_id, side, frames, len(self.side_temperatures))
+
+    def _write(self, utt_id, idx, q1, dlevel, nbest, side=None):
         nbest = [(list(map(int, t)), float(s)) for t, s in (nbest or [])]
-        blob = self._compressor.compress(_pack(idx, q1, dlevel, nbest, self.vocab_size))
+        payload = _pack(idx, q1, dlevel, nbest, self.vocab_size)
+        blob = self._compressor.compress(payload if side is None else payload + _pack_side(side))
         self._append(utt_id, blob, len(idx))
 
     def _check_finite(self, utt_id, x):
@@ -299,161 +352,3 @@ class SoftLabelWriter:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class SoftLabelStore:
-    """Random-access reader of a merged soft-label store.
-
-    Picklable: file handles (mmaps) are opened on first access in each
-    process, so a DataLoader worker opens its own.
-
-    Arguments
-    ---------
-    store_dir : str
-        Store directory with ``index.kdi`` (see :func:`merge_index`).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> d = tempfile.mkdtemp()
-    >>> with SoftLabelWriter(d, k=2, vocab_size=3, meta={"fps": 25}) as w:
-    ...     w.add("u1", torch.tensor([[0.0, 3.0, 1.0]]), nbest=[([1], -0.5)])
-    >>> _ = merge_index(d)
-    >>> store = SoftLabelStore(d)
-    >>> store["u1"].indices.tolist(), len(store), "u1" in store
-    ([[1, 2]], 1, True)
-    >>> store.nbest("u1")
-    [([1], -0.5)]
-    >>> store.check_compatible({"fps": 25})
-    """
-
-    def __init__(self, store_dir):
-        self.store_dir = store_dir
-        self._state = None
-
-    def __getstate__(self):
-        return {"store_dir": self.store_dir, "_state": None}
-
-    def _open(self):
-        if self._state is None or self._state["pid"] != os.getpid():
-            path = os.path.join(self.store_dir, INDEX_FILE)
-            if not os.path.exists(path):
-                raise StoreError(f"{path} missing: run merge_index({self.store_dir!r})")
-            with open(path, "rb") as f:
-                data = f.read()
-            header, arrays = _unpack_block(data, path)
-            meta = header["meta"]
-            step = meta["quant_step"]
-            table = _level_table(step, tuple(meta["quant_schedule"]))
-            self._state = dict(
-                arrays, pid=os.getpid(), header=header, maps={},
-                dctx=zstandard.ZstdDecompressor(), step=step, k=meta["k"],
-                bitmap_vocab=meta["vocab_size"] if meta["format"] >= 3 else 0,
-                values=(-step * table).astype(np.float32),
-                # plain-int rows: numpy scalar access costs ~1 us per field per read
-                rows=list(zip(arrays["shard"].tolist(), arrays["offset"].tolist(),
-                              arrays["length"].tolist(), arrays["crc"].tolist(),
-                              arrays["frames"].tolist())),
-            )
-        return self._state
-
-    @property
-    def meta(self):
-        """The store's metadata (``k``, ``vocab_size``, ``quant_step`` and the creator's)."""
-        return self._open()["header"]["meta"]
-
-    def check_compatible(self, expected):
-        """Raises IncompatibleStoreError naming the first key whose value differs.
-
-        Arguments
-        ---------
-        expected : dict
-            Metadata the caller needs (e.g. tokenizer hash, frame shift).
-        """
-        _check(self.meta, expected, self.store_dir)
-
-    def _row(self, utt_id):
-        s = self._open()
-        key = utt_id.encode() if isinstance(utt_id, str) else b""
-        ids = s["ids"]
-        row = int(np.searchsorted(ids, key))
-        if not key or row == len(ids) or ids[row] != key:
-            return None
-        return row
-
-    def __contains__(self, utt_id):
-        return self._row(utt_id) is not None
-
-    def __len__(self):
-        return len(self._open()["ids"])
-
-    def __iter__(self):
-        return (i.decode() for i in self._open()["ids"].tolist())
-
-    def _map(self, shard):
-        s = self._state
-        if shard not in s["maps"]:
-            name = s["header"]["shards"][shard]
-            path = os.path.join(self.store_dir, name)
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size != s["header"]["sizes"][shard]:
-                    raise CorruptStoreError(
-                        f"{path}: {size} bytes, index says {s['header']['sizes'][shard]} (truncated?)"
-                    )
-                s["maps"][shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return s["maps"][shard]
-
-    def _payload(self, utt_id):
-        s = self._open()
-        row = self._row(utt_id)
-        if row is None:
-            raise KeyError(f"{utt_id} not in soft-label store {self.store_dir}")
-        shard, off, length, crc, frames = s["rows"][row]
-        maps = s["maps"]
-        blob = (maps[shard] if shard in maps else self._map(shard))[off : off + length]
-        if len(blob) != length or zlib.crc32(blob) != crc:
-            name = s["header"]["shards"][shard]
-            raise CorruptStoreError(f"{name}: record {utt_id} fails its checksum")
-        try:
-            return s["dctx"].decompress(blob), frames
-        except zstandard.ZstdError as e:
-            raise CorruptStoreError(f"{self.store_dir}: record {utt_id}: {e}") from e
-
-    def _decoded(self, utt_id):
-        buf, frames = self._payload(utt_id)
-        s = self._state
-        try:
-            out = _decode(buf, s["step"], s["values"], s["bitmap_vocab"])
-        except (ValueError, IndexError, struct.error) as e:
-            raise CorruptStoreError(f"{self.store_dir}: record {utt_id}: {e}") from e
-        if out[0].shape != (frames, s["k"]):
-            raise CorruptStoreError(f"{self.store_dir}: record {utt_id}: bad shape")
-        return buf, out
-
-    def __getitem__(self, utt_id):
-        """Returns SoftLabels(indices int64 [frames, k], log_probs float32 [frames, k])."""
-        _, (indices, log_probs, _) = self._decoded(utt_id)
-        return SoftLabels(torch.from_numpy(indices), torch.from_numpy(log_probs))
-
-    def distribution(self, utt_id, temperature):
-        """Returns (indices [frames, k], tempered renormalised probs [frames, k])."""
-        indices, log_probs = self[utt_id]
-        return indices, temper(log_probs, temperature)
-
-    def nbest(self, utt_id):
-        """The stored N-best list of an utterance: [(token IDs, score)], maybe empty."""
-        buf, (_, _, (nhyp, off)) = self._decoded(utt_id)
-        try:
-            return _decode_nbest(buf, nhyp, off)
-        except ValueError as e:
-            raise CorruptStoreError(f"{self.store_dir}: record {utt_id}: {e}") from e
-
-    def stats(self):
-        """Utterances, frames, record bytes and bytes per frame of the store."""
-        s = self._open()
-        frames, nbytes = int(s["frames"].sum()), int(s["length"].sum())
-        return {
-            "utterances": len(s["ids"]), "frames": frames, "bytes": nbytes,
-            "bytes_per_frame": nbytes / max(frames, 1),
-        }

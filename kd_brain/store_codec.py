@@ -30,7 +30,18 @@ dominate the size and are nearly incompressible as raw uint16:
   2e-4 (T = 2) nats/frame; per frame it is at most
   ``(2 * max_bound / T)**2 / 8`` (Hoeffding's lemma);
 * indices are stored rank-major ([k, F] byte planes), log-prob levels
-  frame-major; all arrays are compressed together with zstd.
+  frame-major; all arrays are compressed together with zstd;
+* the side array (only in stores whose meta lists ``side_temperatures``;
+  see :mod:`kd_brain.targets`) ends the record, after the N-best section:
+  per frame and temperature a log-mass ``x`` (<= log V < 16 nats) as the
+  uint16 code ``round((16 - x) * 128)`` (so within 1/256 nats; -inf, no
+  tail at K = V, is code 65535; below -496 nats clipped), coded as
+  differences along the frames (zigzag, mod 2^16: exact) in [n_T, F] byte
+  planes, high bytes first. 5.3 B/frame for three tail masses on the main
+  job's teacher, 2.7 for three ``log Z_T`` (float16 took 6.2 and 5.6: its
+  low bytes are noise, and ``log Z_1`` rounds to +-1e-7, not 0). Its length
+  follows from the header (2 * n_T * F bytes), so records without one, and
+  readers that do not know it, are unchanged.
 """
 
 import struct
@@ -236,3 +247,47 @@ def _decode_nbest(buf, nhyp, off):
     tokens = np.frombuffer(buf, "<i4", int(lengths.sum()), off + 12 * nhyp)
     splits = np.split(tokens, np.cumsum(lengths)[:-1]) if nhyp else []
     return [(t.tolist(), float(s)) for t, s in zip(splits, scores)]
+
+
+def _check_side(utt_id, side, frames, n_side):
+    """The side array of one utterance as float32 [frames, n_side], or a ValueError naming it."""
+    if side is None:
+        raise ValueError(f"{utt_id}: the store has side_temperatures ({n_side}): pass side [frames, {n_side}]")
+    side = torch.as_tensor(side).detach().float().cpu().numpy()
+    if side.shape != (frames, n_side):
+        raise ValueError(f"{utt_id}: side array {list(side.shape)}, expected [{frames}, {n_side}]")
+    if np.isnan(side).any() or (side > SIDE_TOP).any():  # a log-mass is at most log V <= 11.1 nats
+        raise ValueError(f"{utt_id}: side array has NaN or values above {SIDE_TOP} nats; refused")
+    return side
+
+
+SIDE_TOP, SIDE_RES, SIDE_NONE = 16.0, 128.0, 65535  # side codes: round((SIDE_TOP - x) * SIDE_RES); -inf
+
+
+def _pack_side(side):
+    """Record tail of a side array [F, n_T] (see the module docstring); empty for n_T = 0."""
+    x = side.T.astype(np.float64)
+    q = np.where(np.isneginf(x), SIDE_NONE, np.clip(np.rint((SIDE_TOP - x) * SIDE_RES), 0, SIDE_NONE - 1))
+    q = q.astype(np.int64)
+    d = (np.diff(q, axis=1, prepend=0) + 32768) % 65536 - 32768  # as int16: the wrap is undone on decoding
+    z = np.where(d >= 0, 2 * d, -2 * d - 1).astype("<u2")  # zigzag: small steps, small codes
+    return np.ascontiguousarray(z).view(np.uint8).reshape(*z.shape, 2)[..., ::-1].transpose(2, 0, 1).tobytes()
+
+
+def _decode_side(buf, frames, n_side):
+    """float32 [F, n_T] from the end of a record payload.
+
+    Example
+    -------
+    >>> side = np.array([[0.0, -1.5], [-np.inf, 2.25], [-3.1, 2.25]], np.float32)
+    >>> _decode_side(bytes(RECORD_HEAD.size) + _pack_side(side), 3, 2).tolist()
+    [[0.0, -1.5], [-inf, 2.25], [-3.1015625, 2.25]]
+    """
+    n = 2 * frames * n_side
+    if len(buf) < RECORD_HEAD.size + n:
+        raise ValueError(f"record of {len(buf)} bytes has no room for its {n}-byte side array")
+    planes = np.frombuffer(buf, np.uint8, n, len(buf) - n).reshape(2, n_side, frames).astype(np.int64)
+    z = planes[0] << 8 | planes[1]
+    q = np.cumsum(np.where(z % 2 == 0, z // 2, -(z + 1) // 2), axis=1) % 65536
+    x = np.where(q == SIDE_NONE, -np.inf, SIDE_TOP - q / SIDE_RES)
+    return x.T.astype(np.float32)

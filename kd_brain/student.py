@@ -56,7 +56,8 @@ class StudentBrain(TeacherBrain):
     """Trains on contaminated audio with the criterion ``hparams.criterion``.
 
     Reads ``batch.noisy_sig`` when ``hparams.contaminate`` is true; ``frame``
-    needs ``batch.kd_idx`` / ``batch.kd_logp``; ``sequence`` needs
+    needs ``batch.kd_idx`` / ``batch.kd_logp`` (and ``batch.kd_side`` for the
+    targets ``tail`` and ``sampled``); ``sequence`` needs
     ``batch.kd_nbest``; ``mwer`` and CTC interpolation need ``batch.tokens``,
     ``batch.labelled`` and ``batch.wrd``. Validation (dev WER,
     checkpoints, curve) is the teacher's.
@@ -97,7 +98,11 @@ class StudentBrain(TeacherBrain):
         T = min(log_probs.shape[1], idx.shape[1])
         # frames valid for both: the shorter of the two lengths, as a fraction of T
         common = torch.minimum(s_frames, t_frames).clamp(max=T).float() / T
-        return criterion(log_probs[:, :T], common, idx[:, :T].long(), logp[:, :T].float())
+        args = (log_probs[:, :T], common, idx[:, :T].long(), logp[:, :T].float())
+        side = getattr(batch, "kd_side", None)  # only from stores with a side array
+        if side is None:
+            return criterion(*args)
+        return criterion(*args, side=side[0][:, :T].float())
 
     def _loss_sequence(self, criterion, log_probs, lens, batch):
         return criterion(log_probs, lens, batch.kd_nbest)

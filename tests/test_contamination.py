@@ -271,3 +271,20 @@ def test_shared_measured_rirs_all_accepted_and_aligned():
     plan = c.plan(len(clean), 0)
     plan["speech_rir"] = "sb-tests_rir1_ch0"
     assert lag(clean, c.render(clean, plan)) == 0
+
+
+def test_clean_share(bed):
+    """clean_share: about that share of examples comes back untouched; 0 keeps the default draws."""
+    clean = speechlike(8000)
+    c = make(bed, "bank", seed=3, clean_share=0.5)
+    plans = [c.plan(8000, s) for s in range(200)]
+    n_clean = sum(p["n_noises"] == 0 for p in plans)
+    assert 70 <= n_clean <= 130, n_clean
+    s = next(i for i, p in enumerate(plans) if p["n_noises"] == 0)
+    assert torch.equal(c.contaminate(clean, s)[0], clean)
+    t = next(i for i, p in enumerate(plans) if p["n_noises"] > 0)
+    assert not torch.equal(c.contaminate(clean, t)[0], clean)
+    default, zero = make(bed, "bank", seed=3), make(bed, "bank", seed=3, clean_share=0.0)
+    assert [default.plan(8000, s) for s in range(5)] == [zero.plan(8000, s) for s in range(5)]
+    with pytest.raises(NoiseError, match="clean_share"):
+        make(bed, "bank", clean_share=1.0)

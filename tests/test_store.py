@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from kd_brain.store import (
-    CorruptStoreError, IncompatibleStoreError, SoftLabelStore, SoftLabelWriter,
+    CorruptStoreError, IncompatibleStoreError, SoftLabelStore, SoftLabelWriter, StoreError,
     merge_index, quant_bound, stored_ids, temper,
 )
+from kd_brain.targets import draw_units, log_partition, tail_log_mass
 
 V, K, STEP = 60, 8, 0.1
 META = {"tokenizer_hash": "abc", "frame_shift_ms": 10, "subsampling": 4}
@@ -290,3 +291,126 @@ def test_large_vocabulary_stores_the_codebook_as_a_list(tmp_path):
     store = SoftLabelStore(str(tmp_path))
     assert torch.equal(store["big"].indices, x.log_softmax(-1).topk(5, dim=-1).indices)
     assert store.stats()["bytes"] < 400  # 60 tokens as a list: 120 bytes before zstd
+
+
+# ---------------------------------------------------------------- side arrays and sampled stores (issue #13)
+
+TEMPS = [1.0, 2.0, 4.0]
+
+
+def test_store_without_side_data_reads_as_before(store):
+    """A default store (side_temperatures []) has the pre-#13 metadata and records: nothing after the N-best."""
+    assert not {"target", "side_temperatures", "sample_seed"} & set(store.meta)
+    assert store.target == "topk" and store.side_temperatures == []
+    for uid in ("u001", "u003"):
+        buf, frames = store._payload(uid)
+        _, _, (nhyp, off) = store._decoded(uid)[1]
+        nbest_bytes = sum(12 + 4 * len(t) for t, _ in NBEST.get(uid, []))
+        assert len(buf) == off + nbest_bytes  # the record ends where the N-best section does
+    with pytest.raises(StoreError, match="has no side array"):
+        store.side("u001")
+
+
+def test_side_array_round_trip_after_the_nbest(tmp_path):
+    path = str(tmp_path / "side")
+    with SoftLabelWriter(path, K, V, META, side_temperatures=TEMPS) as w:
+        for uid in list(UTTS)[:6]:
+            w.add(uid, UTTS[uid], nbest=NBEST.get(uid))
+    merge_index(path)
+    store, plain = SoftLabelStore(path), SoftLabelStore(write(str(tmp_path / "plain"), list(UTTS)[:6]))
+    merge_index(plain.store_dir)
+    assert store.meta["side_temperatures"] == TEMPS and store.target == "topk"
+    for uid in list(UTTS)[:6]:
+        x = UTTS[uid].log_softmax(-1)
+        want = tail_log_mass(x, x.topk(K, dim=-1).indices, TEMPS)
+        got = store.side(uid)
+        assert got.shape == (len(x), 3) and ((got - want).abs() <= 1 / 256 + 1e-6).all()  # the side grid
+        assert torch.equal(store[uid].indices, plain[uid].indices) and store.nbest(uid) == plain.nbest(uid)
+        assert torch.equal(store[uid].log_probs, plain[uid].log_probs)
+
+
+def test_side_array_keeps_minus_infinity_when_k_is_the_vocabulary(tmp_path):
+    x = torch.randn(5, 4).log_softmax(-1)
+    with SoftLabelWriter(str(tmp_path), 4, 4, {}, side_temperatures=[2.0]) as w:
+        w.add("u", x)
+    merge_index(str(tmp_path))
+    assert torch.equal(SoftLabelStore(str(tmp_path)).side("u"), torch.full((5, 1), float("-inf")))
+
+
+def test_side_array_required_exactly_when_the_store_has_one(tmp_path):
+    top = UTTS["u001"].log_softmax(-1).topk(K, dim=-1)
+    with SoftLabelWriter(str(tmp_path / "s"), K, V, META, side_temperatures=[2.0]) as w:
+        with pytest.raises(ValueError, match=r"u001: the store has side_temperatures \(1\): pass side"):
+            w.add_topk("u001", top.indices, top.values)
+        with pytest.raises(ValueError, match=r"u001: side array \[3, 1\], expected"):
+            w.add_topk("u001", top.indices, top.values, side=torch.zeros(3, 1))
+        with pytest.raises(ValueError, match="u001: side array has NaN or values above 16"):
+            w.add_topk("u001", top.indices, top.values, side=torch.full((len(top.values), 1), float("nan")))
+    with SoftLabelWriter(str(tmp_path / "p"), K, V, META) as w:
+        with pytest.raises(ValueError, match="side array given, but .* has no side_temperatures"):
+            w.add_topk("u001", top.indices, top.values, side=torch.zeros(len(top.values), 1))
+    with pytest.raises(IncompatibleStoreError, match="side_temperatures"):  # resuming with other settings
+        SoftLabelWriter(str(tmp_path / "s"), K, V, META, side_temperatures=[1.0, 2.0])
+    with pytest.raises(ValueError, match="a sampled store needs side_temperatures"):
+        SoftLabelWriter(str(tmp_path / "x"), K, V, META, target="sampled")
+
+
+def test_sampled_store_round_trip_keeps_duplicates_and_draws(tmp_path):
+    """K draws with replacement (more than V): the codec keeps duplicate indices, adjacent, in order."""
+    path = str(tmp_path / "sampled")
+    ids = list(UTTS)[:5]
+    with SoftLabelWriter(path, 100, V, META, target="sampled", side_temperatures=[1.0, 2.0], sample_seed=7) as w:
+        for uid in ids:
+            w.add(uid, UTTS[uid])
+    merge_index(path)
+    store = SoftLabelStore(path)
+    assert store.meta["target"] == "sampled" and store.meta["sample_seed"] == 7 and store.meta["k"] == 100
+    for uid in ids:
+        x = UTTS[uid].log_softmax(-1)
+        idx, logp = draw_units(x, 100, 7, uid)
+        got = store[uid]
+        assert torch.equal(got.indices, idx), uid
+        assert (got.indices[:, 1:] == got.indices[:, :-1]).any()  # duplicates, kept
+        assert torch.all(got.log_probs[:, :-1] >= got.log_probs[:, 1:])
+        changes = (got.indices[:, 1:] != got.indices[:, :-1]).sum(-1)
+        assert torch.equal(changes + 1, torch.tensor([len(set(r)) for r in got.indices.tolist()]))  # adjacent
+        bound = torch.from_numpy(quant_bound((logp[:, :1] - logp).numpy(), STEP)).float()
+        assert ((got.log_probs - logp).abs() <= bound + 1e-5).all()
+        assert ((store.side(uid) - log_partition(x, [1.0, 2.0])).abs() <= 1 / 256 + 1e-6).all()
+
+
+def test_draws_depend_on_seed_and_utterance_only():
+    x = UTTS["u004"].log_softmax(-1)
+    a, b = draw_units(x, 20, 0, "u004"), draw_units(x.clone(), 20, 0, "u004")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], draw_units(x, 20, 0, "u005")[0])  # same frames, another utterance
+    assert not torch.equal(a[0], draw_units(x, 20, 1, "u004")[0])  # another seed
+    # frequencies follow the teacher: blank-dominated frames draw mostly the blank
+    p = x.exp()
+    many = draw_units(x, 4000, 0, "u004")[0]
+    freq = torch.zeros_like(p).scatter_add_(1, many, torch.ones_like(many, dtype=p.dtype)) / 4000
+    assert (freq - p).abs().max() < 0.03
+
+
+def test_side_codec_round_trip_within_its_grid():
+    """Jumps of hundreds of nats (wrapping the uint16 differences), -inf, clipping far below any mass."""
+    from kd_brain.store_codec import RECORD_HEAD, _decode_side, _pack_side
+
+    g = torch.Generator().manual_seed(11)
+    side = (torch.rand(500, 3, generator=g) * 400 - 390).numpy()
+    side[::7, 1] = -np.inf
+    side[3, 2], side[4, 0], side[5, 0] = 11.09, -2000.0, 15.99
+    got = _decode_side(bytes(RECORD_HEAD.size) + _pack_side(side), 500, 3)
+    finite = np.isfinite(side) & (side > -495.9)
+    assert np.abs(got[finite] - side[finite]).max() <= 1 / 256 and np.array_equal(np.isneginf(got), np.isneginf(side))
+    assert got[4, 0] == 16 - 65534 / 128  # clipped at -496: no mass in float32 either
+
+
+def test_utterance_seed_is_the_same_in_every_interpreter():
+    """Not Python's hash(): that changes with PYTHONHASHSEED, so ranks and resumed runs would draw differently."""
+    from kd_brain.targets import utterance_seed
+
+    code = "from kd_brain.targets import utterance_seed; print(utterance_seed(0, 'u004'))"
+    seeds = {subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=h), check=True,
+                            capture_output=True, text=True).stdout.strip() for h in ("1", "2")}
+    assert seeds == {str(utterance_seed(0, "u004"))} == {"2937854753657697080"}

@@ -5,8 +5,11 @@
     torchrun --nproc_per_node=2 recipes/KD-Noise/extract.py hparams/extract.yaml --distributed_backend=gloo
 
 Resumable: utterances already stored are skipped; a complete store is left alone.
+With ``sampled_k > 0`` the same teacher pass also writes the sampled store
+(``sampled_folder``; the student's ``target: sampled``).
 """
 
+import contextlib
 import os
 import sys
 
@@ -41,16 +44,27 @@ def main(argv):
     k = min(hp["k"], vocab_size)  # k beyond V (k=40 of 30 characters) is the full distribution
     if k < hp["k"]:
         print(f"extract: k={hp['k']} > the teacher's {vocab_size} units: the store keeps all {vocab_size}")
-    writer = SoftLabelWriter(hp["output_folder"], k=k, vocab_size=vocab_size,
-                             meta=meta, rank=rank, quant_step=hp["quant_step"], level=hp["zstd_level"])
-    with writer:
+    temps = hp.get("side_temperatures") or []
+    common = dict(vocab_size=vocab_size, meta=meta, rank=rank, quant_step=hp["quant_step"], level=hp["zstd_level"])
+    writer = SoftLabelWriter(hp["output_folder"], k=k, side_temperatures=temps, **common)
+    sampled_k, folders = hp.get("sampled_k", 0), [hp["output_folder"]]
+    sampled = None
+    if sampled_k > 0:
+        if not temps:
+            raise ValueError("sampled_k > 0 needs side_temperatures: the sampled target at temperature T weighs "
+                             "its draws with log Z_T (set e.g. side_temperatures=[1.0,2.0,4.0])")
+        sampled = SoftLabelWriter(hp["sampled_folder"], k=sampled_k, target="sampled", side_temperatures=temps,
+                                  sample_seed=hp["sample_seed"], **common)
+        folders.append(hp["sampled_folder"])
+    with writer, sampled or contextlib.nullcontext():
         for manifest in manifests:
-            n = extract(brain, make_dataset(manifest), writer, hp["batch_size"], rank, world)
+            n = extract(brain, make_dataset(manifest), writer, hp["batch_size"], rank, world, sampled)
             print(f"rank {rank}: {manifest}: {n} utterances extracted")
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        print(f"{hp['output_folder']}: {merge_index(hp['output_folder'])} utterances in the store")
+        for folder in folders:
+            print(f"{folder}: {merge_index(folder)} utterances in the store")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python recipes/KD-Noise/run.py --corpus speechocean762  # the real bed (../shared/data)
     python recipes/KD-Noise/run.py --seeds 3                # + every training stage for seeds 1 and 2
     python recipes/KD-Noise/run.py --units char             # character models, in exp/synthetic_char
+    python recipes/KD-Noise/run.py --ablation k temperature # the ablation grids (recipes/KD-Noise/ablations.py)
 
 Stages (each one command, printed before it runs, so any stage can be rerun
 or forked by hand): corpus, prepare, teacher, teacher_seq, extract, student,
@@ -55,9 +56,20 @@ def pseudo_label_args(run):
             f"--train_splits=[labelled,{run}/pseudo_labels/unlabelled.csv]"]
 
 
-def yaml_seed(path):
+def yaml_int(path, key):
+    """A top-level integer setting of a YAML file (e.g. ``seed``)."""
     with open(os.path.join(REPO, path)) as f:
-        return int(re.search(r"^seed: (\d+)", f.read(), flags=re.M).group(1))
+        return int(re.search(rf"^{key}: (\d+)", f.read(), flags=re.M).group(1))
+
+
+def vocab_size(extra):
+    """The students' units: ``--vocab_size`` among the overrides, else student.yaml's."""
+    return next((int(e.split("=", 1)[1]) for e in reversed(extra) if e.startswith("--vocab_size=")),
+                yaml_int("hparams/student.yaml", "vocab_size"))
+
+
+def yaml_seed(path):
+    return yaml_int(path, "seed")
 
 
 def stages(corpus, hours, exp, seed_index=0, units="subword"):
@@ -196,11 +208,23 @@ def main():
     parser.add_argument("--stages", nargs="*", help="run only these stages, even if done")
     parser.add_argument("--units", default="subword", choices=["subword", "char"],
                         help="output units of every model (char: 30 characters; default exp/<corpus>_char)")
+    parser.add_argument("--ablation", nargs="+", metavar="GRID",
+                        help="train the rows of these ablation grids (or all) on the main job's teacher and store")
+    parser.add_argument("--scale", default="ablation", choices=["ablation", "main"],
+                        help="epochs of the ablation rows: 2 (ablation) or the main job's")
     args, extra = parser.parse_known_args()
     extra = unit_overrides(args.units, extra)
     exp = args.exp or default_exp(args.corpus, args.units)
     if args.corpus == "speechocean762" and not os.path.isdir(SHARED):
         sys.exit(f"{SHARED} not found: the real bed needs ../shared/data beside the repository")
+    if args.ablation:
+        from ablations import GRIDS, run_ablations
+
+        unknown = [g for g in args.ablation if g not in GRIDS + ["all"]]
+        if unknown:
+            sys.exit(f"--ablation {' '.join(unknown)}: choose from {', '.join(GRIDS)} or all")
+        run_ablations(args.ablation, exp, args.scale, args.corpus, args.units, extra, vocab_size(extra))
+        return
     runs, order = [], []
     for i in range(args.seeds):
         plan, run = stages(args.corpus, args.hours, exp, seed_index=i, units=args.units)
@@ -212,6 +236,9 @@ def main():
         runs.append(run)
         order += [name for name, _ in plan if name not in order]
     report(exp, runs, order)
+    from ablations import write_report
+
+    write_report(exp, args.corpus, args.units, vocab_size(extra))  # + breakdowns, and any grid run so far
 
 
 if __name__ == "__main__":

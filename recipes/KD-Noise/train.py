@@ -124,6 +124,11 @@ def student_data(hp, tokenizer, data_folder):
         frame = hp["model"].frame_info()
         store.check_compatible({"tokenizer_hash": tokenizer.hash, "vocab_size": frame["vocab_size"],
                                 "frame_shift_ms": frame["frame_shift_ms"], "subsampling": frame["subsampling"]})
+        if criterion == "frame":  # the store must serve the criterion's target at its temperature
+            hp["criteria"]["frame"].check_store(store.meta, hp["store_dir"])
+        elif store.target != "topk":
+            raise ValueError(f"criterion={criterion} reads the N-best of a top-k store; {hp['store_dir']} "
+                             f"is a {store.target} store")
     contaminator = hp["contaminator"]() if hp["contaminate"] else None
     hp["contaminator"] = contaminator  # the built one: the Brain sets its epoch
     manifests = [split_manifest(data_folder, s) for s in hp["train_splits"]]

@@ -1,0 +1,85 @@
+"""The ablation grids' rows: one override per row, distinct models, dev-chosen settings (no training here;
+tests/test_pipeline.py runs a grid end to end on the tiny corpus)."""
+
+import pytest
+
+from tests.conftest import load_recipe
+
+abl = load_recipe("ablations")
+EXP = "exp/x"
+
+
+def train_argv(row):
+    name, argv = row.stages[-1]
+    assert name == row.model and not callable(argv)
+    return argv
+
+
+@pytest.mark.parametrize("grid", [g for g in abl.GRIDS if g not in ("temperature", "labelled_fraction")])
+def test_rows_train_distinct_models_with_the_main_students_command(grid):
+    g = abl.Grid(EXP, "ablation")
+    rows = g.rows(grid)
+    models = [r.model for r in rows]
+    assert len(set(models)) == len(models) and "abl_k20" in models  # every grid has the base row
+    for row in rows:
+        for name, argv in row.stages:
+            if callable(argv):
+                continue  # built when its turn comes (equal wall time)
+            assert f"--exp_folder={EXP}" in argv
+            if argv[0].endswith("train.py"):
+                assert argv[1] == "hparams/student.yaml" and f"--model_name={name}" in argv
+                keys = [a.split("=", 1)[0] for a in argv]
+                assert len(keys) == len(set(keys)), argv  # an override replaces, never repeats, a key
+
+
+def test_k_grid_reads_the_main_store_and_extracts_all_units_once():
+    rows = abl.Grid(EXP, "ablation", vocab_size=256).rows("k")
+    assert [r.label for r in rows] == ["k=1", "k=5", "k=10", "base (k=20, T=2)", "k=40", "k=all (256)"]
+    assert "--k=5" in train_argv(rows[1]) and "--number_of_epochs=2" in train_argv(rows[1])
+    assert not any(a.startswith("--store_dir") for a in train_argv(rows[4]))  # the main job's k = 40 store
+    extract_name, extract_argv = rows[5].stages[0]
+    assert extract_name == "extract_softlabels_all" and "--k=256" in extract_argv
+    assert f"--store_dir={EXP}/softlabels_all" in train_argv(rows[5])
+
+
+def test_temperature_grid_takes_the_dev_best_k_and_needs_the_k_grid():
+    g = abl.Grid(EXP, "ablation")
+    with pytest.raises(RuntimeError, match="run --ablation k first"):
+        g.rows("temperature", {"wer": {}})
+    results = {"wer": {"abl_k1": {"dev": 30.0, "clean": 1.0}, "abl_k5": {"dev": 20.0, "clean": 99.0},
+                       "abl_k20": {"dev": 25.0}}}
+    rows = g.rows("temperature", results)  # chosen on dev, whatever the test WER says
+    assert [r.model for r in rows] == ["abl_k5_T1", "abl_k5", "abl_k5_T4"]
+    assert "--temperature=4.0" in train_argv(rows[2]) and "--k=5" in train_argv(rows[2])
+
+
+def test_main_scale_base_row_is_the_main_jobs_student():
+    g = abl.Grid(EXP, "main")
+    base = g.rows("blank")[0]
+    assert base.model == "student" and base.stages[0][0] == "student"
+    assert not any(a.startswith("--number_of_epochs") for a in train_argv(g.rows("blank")[1]))
+    assert g.rows("criterion")[2].model == "student_seq"  # frame, then MWER: the main job's student_seq
+
+
+def test_equal_wall_time_row_gets_teacher_plus_student_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(abl, "REPO", str(tmp_path))
+    for model, rows in {"teacher": [(1, 500.0), (2, 1000.0)], "abl_k20": [(1, 90.0), (2, 180.0)]}.items():
+        (tmp_path / EXP / model).mkdir(parents=True)
+        (tmp_path / EXP / model / "curve.csv").write_text(
+            "epoch,elapsed_s,train_loss,valid_loss,dev_wer\n" + "".join(f"{e},{t},1,1,50\n" for e, t in rows))
+    row = abl.Grid(EXP, "ablation").rows("init")[2]
+    name, build = row.stages[-1]
+    argv = build()
+    assert name == "abl_random_init_time" and "--init_from=null" in argv and "--number_of_epochs=14" in argv
+
+
+def test_labelled_fraction_rows_train_a_new_teacher_on_a_tenth_in_its_own_experiment():
+    rows = abl.Grid(EXP, "ablation").rows("labelled_fraction")
+    assert [(r.model, r.exp) for r in rows] == [("abl_k20", None), ("teacher_seq", f"{EXP}_lab10"),
+                                                ("student", f"{EXP}_lab10")]
+    stages = dict(rows[2].stages)
+    assert list(stages) == ["prepare", "teacher", "teacher_seq", "extract", "student"]
+    for name in ("prepare", "teacher"):  # the main job's corpus and test sets, a tenth labelled
+        assert "--labelled_fraction=0.1" in stages[name] and f"--corpus_dir={EXP}/corpus" in stages[name]
+    assert "--number_of_epochs=160" in stages["teacher"]  # the main teacher's updates: 20 epochs x 0.8 / 0.1
+    assert "--number_of_epochs=2" in stages["student"] and f"--exp_folder={EXP}_lab10" in stages["student"]
