@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, TINY_ARCH, flow
 
 # Sub-word units, the default, with the auxiliary character head (the 0.02 h corpus allows at
@@ -14,11 +16,18 @@ TINY = [f"--arch={flow(SUBWORD_ARCH)}", "--vocab_size=64",
         "--n_dev_speakers=2", "--noprogressbar"]
 
 
-def test_main_job_on_tiny_synthetic_corpus(tmp_path):
-    exp = tmp_path / "exp"
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """The main job on the 0.02 h corpus, once for the tests below: (exp, command, its output)."""
+    exp = tmp_path_factory.mktemp("pipeline") / "exp"
     cmd = [sys.executable, str(REPO / "recipes" / "KD-Noise" / "run.py"), "--exp", str(exp), "--hours", "0.02"] + TINY
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return exp, cmd, out
+
+
+def test_main_job_on_tiny_synthetic_corpus(main_job):
+    exp, cmd, out = main_job
     assert (exp / "data" / "tokenizer_unigram64").is_dir() and (exp / "data" / "tokenizer_char30").is_dir()
     results = json.loads((exp / "results.json").read_text())["wer"]
     assert set(results) == {"teacher", "teacher_seq", "student", "student_seq", "multicondition", "pseudo_label"}
@@ -49,3 +58,30 @@ def test_main_job_on_tiny_synthetic_corpus(tmp_path):
     assert " ± " in table2 and "errors pooled over 2 seeds" in table2
     summary = json.loads((exp / "paper_table_2seeds.json").read_text())
     assert len(summary["wer"]["student"]["clean"]["runs"]) == 2
+
+
+def test_ablation_grid_on_the_main_jobs_teacher_and_store(main_job):
+    """--ablation target: the base row and two targets (one extraction with side arrays and
+    draws), each printed before it runs, in report.md with intervals and commands; a rerun skips."""
+    exp, cmd, _ = main_job
+    abl = subprocess.run(cmd + ["--ablation", "target"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert abl.returncode == 0, abl.stdout[-3000:] + abl.stderr[-3000:]
+    rows = ["abl_k20", "abl_tail", "abl_sampled"]
+    for stage in ["extract_softlabels_targets"] + rows:
+        done = json.loads((exp / "stages" / f"{stage}.done").read_text())
+        assert f"=== stage {stage}: {done['command']}" in abl.stdout  # printed before it ran
+    for stage in ("teacher", "teacher_seq", "extract"):  # the main job's, reused
+        assert f"=== stage {stage}: done earlier, skipped" in abl.stdout
+    wer = json.loads((exp / "results.json").read_text())["wer"]
+    assert all({"dev", "clean", "noisy_sim", "rerecorded"} <= set(wer[m]) for m in rows)
+    report = (exp / "report.md").read_text()
+    assert "## Ablation: target (ablation scale)" in report and "## Main job" in report
+    for label, model in [("top-k renormalised", "abl_k20"), ("top-k + tail bucket", "abl_tail"),
+                         ("20 sampled units, importance-weighted", "abl_sampled")]:
+        line = next(x for x in report.splitlines() if x.startswith(f"| {label} | {model} | "))
+        assert line.count("% [") == 3  # each test condition against teacher_seq, with its interval
+        assert f"- {label} (" in report
+    assert "--target=tail" in report and "## Breakdowns" in report and "effective SNR" in report
+    again = subprocess.run(cmd + ["--ablation", "target"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and " done in " not in again.stdout  # every row was done: none ran again
+    assert all(f"=== stage {stage}: done earlier, skipped" in again.stdout for stage in rows)
