@@ -45,9 +45,10 @@ class Row:
 class Grid:
     """Builds a grid's rows for an experiment (``exp``) at a scale, from the main job's stages."""
 
-    def __init__(self, exp, scale, corpus="synthetic", units="subword", vocab_size=256):
+    def __init__(self, exp, scale, corpus="synthetic", units="subword", vocab_size=256, hours=3.3):
         self.exp, self.scale, self.vocab, self.corpus, self.units = exp, scale, vocab_size, corpus, units
-        plan, _ = stages(corpus, 3.3, exp, units=units)
+        self.hours = hours
+        plan, _ = stages(corpus, hours, exp, units=units)
         self.main = dict(plan)
         self.student = self.main["student"][1:]  # hparams/student.yaml --exp_folder=... (+ noise)
 
@@ -149,7 +150,7 @@ class Grid:
         """The paper's 1 : 9 split: a new teacher on 10% of the training speakers (same corpus and
         test sets), trained for the main teacher's number of updates (8x the epochs), then its student."""
         lab = f"{self.exp}_lab{round(LABELLED * 100)}"
-        plan = dict(stages(self.corpus, 3.3, lab, units=self.units)[0])
+        plan = dict(stages(self.corpus, self.hours, lab, units=self.units)[0])
         epochs = round(yaml_int("hparams/teacher.yaml", "number_of_epochs") * MAIN_FRACTION / LABELLED)
         same_corpus = [f"--corpus_dir={self.exp}/corpus"] if self.corpus == "synthetic" else []
         fraction = [f"--labelled_fraction={LABELLED}"] + same_corpus
@@ -201,9 +202,9 @@ def load_results(exp):
         return json.load(f)
 
 
-def run_ablations(names, exp, scale, corpus, units, extra, vocab_size):
+def run_ablations(names, exp, scale, corpus, units, extra, vocab_size, hours=3.3):
     """Runs the main job's stages the rows need (teacher, teacher_seq, conditions, store), then the grids."""
-    grid = Grid(exp, scale, corpus, units, vocab_size)
+    grid = Grid(exp, scale, corpus, units, vocab_size, hours)
     for name in ("corpus", "prepare", "teacher", "teacher_seq", "extract"):
         if name in grid.main:
             run_stage(exp, name, grid.main[name], extra, force=False)

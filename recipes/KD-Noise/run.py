@@ -178,7 +178,7 @@ def report(exp, runs, order):
     conds = [c for c in CONDITIONS if any(c in m for r in results for m in r["wer"].values())]
     table, summary = paper_table(results, MODELS, conds)
     logs = {r: stage_log(r, order) for r in runs}
-    lines = [f"\nStage wall times (s), commands and commits:"]
+    lines = ["\nStage wall times (s), commands and commits:"]
     for r, log in logs.items():
         total = sum(v["seconds"] for v in log.values())
         lines.append(f"- {r}: total {total} s")
@@ -223,7 +223,7 @@ def main():
         unknown = [g for g in args.ablation if g not in GRIDS + ["all"]]
         if unknown:
             sys.exit(f"--ablation {' '.join(unknown)}: choose from {', '.join(GRIDS)} or all")
-        run_ablations(args.ablation, exp, args.scale, args.corpus, args.units, extra, vocab_size(extra))
+        run_ablations(args.ablation, exp, args.scale, args.corpus, args.units, extra, vocab_size(extra), args.hours)
         return
     runs, order = [], []
     for i in range(args.seeds):
