@@ -48,9 +48,12 @@ def test_temperature_grid_takes_the_dev_best_k_and_needs_the_k_grid():
         g.rows("temperature", {"wer": {}})
     results = {"wer": {"abl_k1": {"dev": 30.0, "clean": 1.0}, "abl_k5": {"dev": 20.0, "clean": 99.0},
                        "abl_k20": {"dev": 25.0}}}
-    rows = g.rows("temperature", results)  # chosen on dev, whatever the test WER says
-    assert [r.model for r in rows] == ["abl_k5_T1", "abl_k5", "abl_k5_T4"]
+    rows = g.rows("temperature", results)  # chosen on dev, whatever the test WER says; and the paper's k = 20
+    assert [r.model for r in rows] == ["abl_k5_T1", "abl_k5", "abl_k5_T4", "abl_k20_T1", "abl_k20", "abl_k20_T4"]
     assert "--temperature=4.0" in train_argv(rows[2]) and "--k=5" in train_argv(rows[2])
+    assert [r.label for r in rows[:2]] == ["k=5, T=1", "k=5, T=2"]
+    results["wer"]["abl_k20"]["dev"] = 10.0
+    assert [r.model for r in g.rows("temperature", results)] == ["abl_k20_T1", "abl_k20", "abl_k20_T4"]
 
 
 def test_main_scale_base_row_is_the_main_jobs_student():

@@ -1,7 +1,7 @@
 """The paper's ablations and what came after it, one command per row (``run.py --ablation NAME``).
 
     python recipes/KD-Noise/run.py --ablation k                  # k = 1, 5, 10, 20, 40, all V
-    python recipes/KD-Noise/run.py --ablation temperature        # T = 1, 2, 4 at the dev-best k
+    python recipes/KD-Noise/run.py --ablation temperature        # T = 1, 2, 4 at the dev-best k and at k = 20
     python recipes/KD-Noise/run.py --ablation all                # every grid
     python recipes/KD-Noise/run.py --ablation k --scale main     # the main job's epochs
 
@@ -84,9 +84,11 @@ class Grid:
             label = f"k=all ({self.vocab})"
         else:
             pre = []
+        if temperature is not None:  # T = 2 is the k grid's own row: same model
+            label = f"{label}, T={temperature:g}"
         if temperature not in (None, 2.0):
             extra.append(f"--temperature={temperature}")
-            label, suffix = f"{label}, T={temperature:g}", f"{suffix}_T{temperature:g}"
+            suffix = f"{suffix}_T{temperature:g}"
         model, stage = self.train(suffix, *extra)
         return Row(label, model, pre + [stage])
 
@@ -95,9 +97,8 @@ class Grid:
         b = self.base()
         if grid == "k":
             return [self.k_row(k) for k in K_GRID + ["all"]]
-        if grid == "temperature":
-            best_k = self.best_k(results)
-            return [self.k_row(best_k, t) for t in T_GRID]
+        if grid == "temperature":  # at the dev-best k, and at the paper's k = 20 when that is another
+            return [self.k_row(k, t) for k in dict.fromkeys([self.best_k(results), 20]) for t in T_GRID]
         if grid == "criterion":
             seq_model, seq = self.train("sequence", "--criterion=sequence")
             then_model = b.model + "_seq"
@@ -275,7 +276,7 @@ def write_report(exp, corpus="synthetic", units="subword", vocab_size=256):
         parts.append(f"## Ablation: {name} ({grid.scale} scale)\n\n{table}\nCommands:\n"
                      + "\n".join(row_commands(exp, rows)) + "\n")
         if name in ("k", "temperature"):
-            values = (K_GRID + ["all"]) if name == "k" else T_GRID
+            values = (K_GRID + ["all"]) if name == "k" else [r.label for r in rows]
             points = sweep_rows(results, rows, values)
             png = f"ablation_{name}_{grid.scale}.png"
             sweep_chart(points, os.path.join(REPO, exp, png), xlabel=name)
