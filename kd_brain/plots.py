@@ -99,7 +99,7 @@ def snr_chart(panels, path, ylabel="WER (%)"):
         ax.set_ylabel(ylabel)
         ax.set_title(cond, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     _save(plt, fig, path)
 
 
@@ -182,7 +182,9 @@ def sweep_chart(rows, path, xlabel="value", conditions=None, ylabel="WER (%)"):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     _lines(ax, list(range(len(rows))), series)
-    ax.set_xticks(range(len(rows)), [str(r["value"]) for r in rows])
+    labels = [str(r["value"]) for r in rows]
+    long = max((len(x) for x in labels), default=0) > 8  # e.g. "k=20, T=4": slanted so they do not overlap
+    ax.set_xticks(range(len(rows)), labels, rotation=25 if long else 0, ha="right" if long else "center")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
