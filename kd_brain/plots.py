@@ -99,7 +99,7 @@ def snr_chart(panels, path, ylabel="WER (%)"):
         ax.set_ylabel(ylabel)
         ax.set_title(cond, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a point
     _save(plt, fig, path)
 
 
