@@ -99,7 +99,7 @@ def snr_chart(panels, path, ylabel="WER (%)"):
         ax.set_ylabel(ylabel)
         ax.set_title(cond, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a point
+        ax.legend(fontsize=7)
     _save(plt, fig, path)
 
 
@@ -188,5 +188,5 @@ def sweep_chart(rows, path, xlabel="value", conditions=None, ylabel="WER (%)"):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a point
     _save(plt, fig, path)
