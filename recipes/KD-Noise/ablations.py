@@ -126,17 +126,11 @@ class Grid:
             return [Row("top-k renormalised", b.model, b.stages), Row("top-k + tail bucket", tail_model, [pre, tail]),
                     Row("20 sampled units, importance-weighted", smp_model, [pre, smp])]
         if grid == "blank":
-            rows = [Row("all frames", b.model, b.stages)]
-            for w in (0.5, 0.0):
-                model, stage = self.train(f"blank{w:g}", f"--blank_weight={w}")
-                rows.append(Row(f"blank-dominated frames x {w:g}", model, [stage]))
-            return rows
+            return [Row("all frames", b.model, b.stages)] + self.one_key_rows(
+                "blank_weight", (0.5, 0.0), lambda w: f"blank{w:g}", lambda w: f"blank-dominated frames x {w:g}")
         if grid == "clean_share":
-            rows = [Row("all noisy (the paper)", b.model, b.stages)]
-            for share in (0.2, 0.5):
-                model, stage = self.train(f"clean{share:g}", f"--clean_share={share}")
-                rows.append(Row(f"{share:.0%} clean", model, [stage]))
-            return rows
+            return [Row("all noisy (the paper)", b.model, b.stages)] + self.one_key_rows(
+                "clean_share", (0.2, 0.5), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
         if grid == "init":
             rnd_model, rnd = self.train("random_init", "--init_from=null")
             return [Row("from the teacher", b.model, b.stages),
@@ -161,6 +155,14 @@ class Grid:
         student = plan["student"] if self.scale == "main" else merge(plan["student"], SCALES[self.scale])
         return [Row(f"{LABELLED:.0%} labelled: teacher_seq", "teacher_seq", pre, exp=lab),
                 Row(f"{LABELLED:.0%} labelled: student", "student", pre + [("student", student)], exp=lab)]
+
+    def one_key_rows(self, key, values, suffix, label):
+        """One row per value of one student key (``--key=value``), named and labelled by the value."""
+        rows = []
+        for v in values:
+            model, stage = self.train(suffix(v), f"--{key}={v}")
+            rows.append(Row(label(v), model, [stage]))
+        return rows
 
     def equal_time(self, base_model):
         """The equal-wall-time row's command, from the teacher's and the base row's learning curves."""
