@@ -9,8 +9,15 @@ A corpus is one or more Kaldi data directories (``wav.scp``, ``text``,
 2. converts the compressed audio once to 16-bit WAV in the output folder
    (Ogg/Opus decodes at a few hundred x real time; WAV reads are ~free, and
    training reads each file once per epoch);
-3. splits the training speakers, seeded, into ``labelled``, ``unlabelled``
-   and ``dev``; the corpus's test speakers become ``test_clean``.
+3. assigns the utterances to ``labelled``, ``unlabelled``, ``dev`` and
+   ``test_clean``: either a seeded speaker split of one training directory
+   (``labelled_fraction``, ``n_dev_speakers``; the corpus's test directory
+   becomes ``test_clean``), or predefined splits, Kaldi directories per role
+   (``splits``, e.g. LibriSpeech's standard subsets; further test roles
+   ``test_<name>`` give ``test_<name>.csv``). Either way an exclusion list
+   (``exclude_csv``: the speakers a re-recorded test set replays) is taken out
+   of training, and ``labelled_hours`` keeps a seeded subset of whole labelled
+   speakers, the others joining the unlabelled pool (``kd_brain.splits``).
 
 The unlabelled manifest has no ``wrd`` column at all, so no training code can
 read its transcripts by accident; they go to ``unlabelled_transcripts.csv``,
@@ -23,11 +30,14 @@ import json
 import logging
 import multiprocessing
 import os
-import random
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import soundfile as sf
+
+# CorpusError and split_speakers live in kd_brain.splits (no audio there); re-exported here
+from kd_brain.splits import (TRAINING_ROLES, CorpusError, apply_exclusions, check_disjoint,  # noqa: F401
+                             normalise_splits, read_exclusions, read_spk2gender, select_hours, split_speakers)
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +45,6 @@ SAMPLE_RATE = 16000
 LABELLED_FIELDS = ["ID", "duration", "wav", "spk_id", "wrd"]
 UNLABELLED_FIELDS = ["ID", "duration", "wav", "spk_id"]
 SPLITS = ("labelled", "unlabelled", "dev", "test_clean")
-
-
-class CorpusError(ValueError):
-    """Bad input in a corpus; the message names the file and utterance."""
 
 
 def process_pool(num_workers, **kwargs):
@@ -165,26 +171,6 @@ def _convert_job(args):
         return utt, None, str(e)
 
 
-def split_speakers(speakers, labelled_fraction, n_dev_speakers, seed):
-    """Seeded split of training speakers into labelled / unlabelled / dev.
-
-    Example
-    -------
-    >>> s = split_speakers([f"s{i}" for i in range(10)], 0.5, 2, seed=1)
-    >>> sorted(len(v) for v in s.values())
-    [2, 4, 4]
-    """
-    speakers = sorted(speakers)
-    if not 0.0 < labelled_fraction <= 1.0:
-        raise CorpusError(f"labelled_fraction={labelled_fraction}: must be in (0, 1]")
-    if n_dev_speakers >= len(speakers):
-        raise CorpusError(f"n_dev_speakers={n_dev_speakers}: only {len(speakers)} training speakers")
-    random.Random(seed).shuffle(speakers)
-    dev, rest = speakers[:n_dev_speakers], speakers[n_dev_speakers:]
-    n_lab = max(1, round(labelled_fraction * len(rest)))
-    return {"dev": sorted(dev), "labelled": sorted(rest[:n_lab]), "unlabelled": sorted(rest[n_lab:])}
-
-
 def write_csv(path, rows, fields):
     """Writes rows (dicts) to a CSV atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -227,6 +213,52 @@ def options_hash(options):
     return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def manifest_name(role):
+    """The manifest of a role: ``test`` is ``test_clean``, every other role keeps its name."""
+    return "test_clean" if role == "test" else role
+
+
+def _read_speaker_split(corpus_dir, train_subdir, test_subdir, labelled_fraction, n_dev_speakers, seed,
+                        exclusions):
+    """Roles of the speaker-fraction split: one training directory split by speaker, one test directory."""
+    train = read_kaldi_dir(os.path.join(corpus_dir, train_subdir))
+    test = read_kaldi_dir(os.path.join(corpus_dir, test_subdir))
+    if set(train) & set(test):
+        raise CorpusError(f"{corpus_dir}: utterance IDs repeat between {train_subdir} and {test_subdir}")
+    excluded = apply_exclusions({"train": train}, *exclusions, corpus_dir, roles=("train",)) if exclusions else 0
+    overlap = {v["spk_id"] for v in train.values()} & {v["spk_id"] for v in test.values()}
+    if overlap:
+        raise CorpusError(f"{corpus_dir}: speakers in both {train_subdir} and {test_subdir}: {sorted(overlap)[:5]}")
+    groups = split_speakers({v["spk_id"] for v in train.values()}, labelled_fraction, n_dev_speakers, seed)
+    spk2split = {s: name for name, spks in groups.items() for s in spks}
+    roles = {role: {} for role in (*TRAINING_ROLES, "test")}
+    for utt, u in train.items():
+        roles[spk2split[u["spk_id"]]][utt] = u
+    roles["test"] = test
+    audio_dir = {utt: manifest_name(role) for role, utts in roles.items() for utt in utts}
+    return roles, audio_dir, read_spk2gender(os.path.join(corpus_dir, train_subdir)), excluded
+
+
+def _read_predefined(corpus_dir, splits, exclusions):
+    """Roles of predefined splits: each role is the union of its Kaldi directories."""
+    roles, audio_dir, where, spk2gender = {}, {}, {}, {}
+    for role, subdirs in splits.items():
+        roles[role] = {}
+        for sub in subdirs:
+            utts = read_kaldi_dir(os.path.join(corpus_dir, sub))
+            for utt, u in utts.items():
+                if utt in where:
+                    raise CorpusError(f"{corpus_dir}: utterance {utt} is in both {where[utt]} and {sub}")
+                where[utt] = sub
+                roles[role][utt] = u
+                audio_dir[utt] = sub  # converted audio by source directory: stable whatever the roles
+            if role == "labelled":
+                spk2gender.update(read_spk2gender(os.path.join(corpus_dir, sub)))
+    excluded = apply_exclusions(roles, *exclusions, corpus_dir) if exclusions else 0
+    check_disjoint({r: {u["spk_id"] for u in utts.values()} for r, utts in roles.items()}, corpus_dir)
+    return roles, audio_dir, spk2gender, excluded
+
+
 def prepare_corpus(
     corpus_dir,
     out_dir,
@@ -238,23 +270,33 @@ def prepare_corpus(
     on_bad="error",
     num_workers=2,
     convert_audio=True,
+    splits=None,
+    labelled_hours=None,
+    exclude_csv=None,
 ):
     """Prepares manifests for the semi-supervised split (see module docstring).
 
     Skipped when ``out_dir`` holds a finished preparation with the same
     options (SpeechBrain's ``skip_prep`` pattern); redone when they change.
-    Returns a dict with the manifest paths and the skip count.
+    Returns a dict with the manifest paths (``labelled``, ``unlabelled``,
+    ``dev``, ``test_clean``, ``unlabelled_transcripts`` and one per further
+    test role), the skip count and the number of excluded utterances.
 
     Arguments
     ---------
     corpus_dir : str
-        Corpus root; ``train_subdir`` and ``test_subdir`` are Kaldi data dirs in it.
+        Corpus root; the Kaldi data directories named below are in it.
     out_dir : str
         Where manifests and converted audio go.
+    train_subdir, test_subdir : str
+        The speaker-fraction split (``splits=None``): the training directory
+        split by speaker, and the clean test directory.
     labelled_fraction : float
         Fraction of the (non-dev) training speakers whose transcripts are used.
     n_dev_speakers : int
         Training speakers held out for model selection.
+    seed : int
+        Seed of the speaker split and of the ``labelled_hours`` subset.
     on_bad : "error" or "skip"
         Stop at the first bad utterance, or log it, count it and leave it out.
     num_workers : int
@@ -262,48 +304,72 @@ def prepare_corpus(
     convert_audio : bool
         Write 16-bit WAV copies (worth it for Ogg/Opus, read every epoch);
         False keeps the corpus files (e.g. LibriSpeech FLAC) and checks headers only.
+    splits : dict or None
+        Predefined splits instead of the speaker-fraction split: ``{role:
+        [subdir, ...]}`` for roles ``labelled``, ``unlabelled``, ``dev``,
+        ``test`` and further ``test_<name>`` (``kd_brain.splits.normalise_splits``).
+    labelled_hours : float or None
+        Keep only this much labelled audio: whole speakers, seeded
+        (``kd_brain.splits.select_hours``); the rest join the unlabelled pool.
+    exclude_csv : str or None
+        Utterances (``ID, spk_id``) whose speakers are taken out of every
+        training role (e.g. the LibriSpeech speakers VOiCES replays).
+
+    Example
+    -------
+    >>> from kd_brain.splits import normalise_splits
+    >>> sorted(normalise_splits({"labelled": ["train-clean-100"], "dev": ["dev-clean"], "test": ["test-clean"]}))
+    ['dev', 'labelled', 'test', 'unlabelled']
     """
     if on_bad not in ("error", "skip"):
         raise CorpusError(f"on_bad={on_bad!r}: must be 'error' or 'skip'")
-    options = dict(
-        corpus_dir=os.path.abspath(corpus_dir), train_subdir=train_subdir, test_subdir=test_subdir,
-        labelled_fraction=labelled_fraction, n_dev_speakers=n_dev_speakers, seed=seed, on_bad=on_bad,
-        convert_audio=convert_audio,
-    )
+    if splits is None:  # exactly the options of earlier preparations, so they are not redone
+        options = dict(
+            corpus_dir=os.path.abspath(corpus_dir), train_subdir=train_subdir, test_subdir=test_subdir,
+            labelled_fraction=labelled_fraction, n_dev_speakers=n_dev_speakers, seed=seed, on_bad=on_bad,
+            convert_audio=convert_audio,
+        )
+        test_roles = ["test"]
+    else:
+        splits = normalise_splits(splits)
+        options = dict(corpus_dir=os.path.abspath(corpus_dir), splits=splits, seed=seed, on_bad=on_bad,
+                       convert_audio=convert_audio)
+        test_roles = [r for r in splits if r.startswith("test")]
+    exclusions = None
+    if labelled_hours is not None:
+        options["labelled_hours"] = labelled_hours
+    if exclude_csv is not None:
+        exclusions = read_exclusions(exclude_csv)
+        options.update(exclude_csv=os.path.abspath(exclude_csv), exclude_hash=options_hash(sorted(exclusions[1])))
+    names = [*TRAINING_ROLES, *(manifest_name(r) for r in test_roles)]
     done_file = os.path.join(out_dir, "prepare_done.json")
-    paths = {s: os.path.join(out_dir, f"{s}.csv") for s in SPLITS}
+    paths = {s: os.path.join(out_dir, f"{s}.csv") for s in names}
     paths["unlabelled_transcripts"] = os.path.join(out_dir, "unlabelled_transcripts.csv")
     if os.path.isfile(done_file):
         with open(done_file) as f:
             done = json.load(f)
         if done.get("options") == options and all(os.path.isfile(p) for p in paths.values()):
             logger.info("Preparation in %s already done with the same options: skipped", out_dir)
-            return {**paths, "skipped": done["skipped"], "prepared": False}
+            return {**paths, "skipped": done["skipped"], "excluded": done.get("excluded", 0), "prepared": False}
         logger.info("Preparation options changed: redoing %s", out_dir)
         os.remove(done_file)
 
-    train = read_kaldi_dir(os.path.join(corpus_dir, train_subdir))
-    test = read_kaldi_dir(os.path.join(corpus_dir, test_subdir))
-    overlap = {v["spk_id"] for v in train.values()} & {v["spk_id"] for v in test.values()}
-    if overlap:
-        raise CorpusError(f"{corpus_dir}: speakers in both {train_subdir} and {test_subdir}: {sorted(overlap)[:5]}")
-    groups = split_speakers({v["spk_id"] for v in train.values()}, labelled_fraction, n_dev_speakers, seed)
-    spk2split = {s: name for name, spks in groups.items() for s in spks}
+    if splits is None:
+        roles, audio_dir, spk2gender, excluded = _read_speaker_split(
+            corpus_dir, train_subdir, test_subdir, labelled_fraction, n_dev_speakers, seed, exclusions)
+    else:
+        roles, audio_dir, spk2gender, excluded = _read_predefined(corpus_dir, splits, exclusions)
 
-    jobs, split_of = [], {}
-    for utts, name_of in ((train, lambda u: spk2split[u["spk_id"]]), (test, lambda u: "test_clean")):
+    jobs, split_of, everything = [], {}, {}
+    for role, utts in roles.items():
         for utt, u in utts.items():
-            split = name_of(u)
-            split_of[utt] = split
+            split_of[utt], everything[utt] = manifest_name(role), u
             src = u["wav"] if os.path.isabs(u["wav"]) else os.path.join(corpus_dir, u["wav"])
-            dst = os.path.join(out_dir, "audio", split, f"{utt}.wav") if convert_audio else src
+            dst = os.path.join(out_dir, "audio", audio_dir[utt], f"{utt}.wav") if convert_audio else src
             jobs.append((utt, src, dst, u["wrd"]))
-    if len(split_of) != len(train) + len(test):
-        raise CorpusError(f"{corpus_dir}: utterance IDs repeat between {train_subdir} and {test_subdir}")
 
-    rows = {s: [] for s in SPLITS}
+    rows = {s: [] for s in names}
     skipped = []
-    everything = {**train, **test}
     with process_pool(max(1, num_workers)) as pool:
         for i, (utt, dur, err) in enumerate(pool.map(_convert_job, jobs, chunksize=32), 1):
             if err is not None:
@@ -318,15 +384,24 @@ def prepare_corpus(
             if i % 500 == 0 or i == len(jobs):
                 logger.info("prepare: %d/%d utterances checked and converted", i, len(jobs))
 
-    for split in SPLITS:
+    if labelled_hours is not None:
+        seconds = {}
+        for r in rows["labelled"]:
+            seconds[r["spk_id"]] = seconds.get(r["spk_id"], 0.0) + r["duration"]
+        keep = set(select_hours(seconds, labelled_hours, seed, spk2gender))
+        rows["unlabelled"] += [r for r in rows["labelled"] if r["spk_id"] not in keep]
+        rows["labelled"] = [r for r in rows["labelled"] if r["spk_id"] in keep]
+
+    for split in names:
         fields = UNLABELLED_FIELDS if split == "unlabelled" else LABELLED_FIELDS
         write_csv(paths[split], rows[split], fields)
     write_csv(paths["unlabelled_transcripts"], rows["unlabelled"], ["ID", "wrd"])
     if skipped:
         with open(os.path.join(out_dir, "skipped.txt"), "w") as f:
             f.write("\n".join(skipped) + "\n")
+    speakers = {s: sorted({r["spk_id"] for r in rows[s]}) for s in TRAINING_ROLES}
     with open(done_file, "w") as f:
-        json.dump({"options": options, "skipped": len(skipped), "speakers": groups,
+        json.dump({"options": options, "skipped": len(skipped), "excluded": excluded, "speakers": speakers,
                    "counts": {s: len(r) for s, r in rows.items()}}, f, indent=1)
-    logger.info("prepare: %s; %d skipped", {s: len(r) for s, r in rows.items()}, len(skipped))
-    return {**paths, "skipped": len(skipped), "prepared": True}
+    logger.info("prepare: %s; %d skipped, %d excluded", {s: len(r) for s, r in rows.items()}, len(skipped), excluded)
+    return {**paths, "skipped": len(skipped), "excluded": excluded, "prepared": True}
