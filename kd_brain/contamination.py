@@ -257,8 +257,10 @@ class Contaminator:
             Noise manifest; ``noise_root`` resolves its relative paths (default: see
             ``NoisePool.from_csv``).
         rooms : RoomBank, MeasuredRIRs, str or None
-            A room source, or the path of a room bank (then its ``pool`` split is used;
-            the reserved pool uses the test rooms).
+            A room source, or a path: a room bank (``.pt``) or an RIR manifest (``.csv``)
+            with a ``split`` column (e.g. RIRS_NOISES' simulated rooms,
+            ``kd_brain.public_noise``); its ``pool`` split is used, the reserved pool
+            using the test rooms.
         pool : "train", "test" or "reserved"
             Which pool of ``split_noise_pool(rows, test_fraction, split_seed, reserved_sources)``.
         **kwargs
@@ -268,7 +270,7 @@ class Contaminator:
         -------
         Contaminator
         """
-        from kd_brain.rooms import RoomBank
+        from kd_brain.rooms import MeasuredRIRs, RoomBank
 
         if pool not in POOLS:
             raise NoiseError(f"pool={pool!r}: must be one of {POOLS}")
@@ -276,5 +278,7 @@ class Contaminator:
                                reserved_sources)[pool]
         noises = NoisePool.from_csv(noise_csv, noise_root, ids=ids, cache_dir=cache_dir)
         if isinstance(rooms, (str, os.PathLike)):
-            rooms = RoomBank(rooms, split="train" if pool == "train" else "test")
+            split = "train" if pool == "train" else "test"
+            source = MeasuredRIRs if os.fspath(rooms).endswith(".csv") else RoomBank
+            rooms = source(rooms, split=split)
         return cls(noises, rooms, **kwargs)

@@ -318,6 +318,9 @@ class MeasuredRIRs:
         Length kept after the peak (None: the whole measured tail).
     resample : bool
         Resample RIRs at another rate with torchaudio instead of refusing them.
+    split : "train", "test" or None
+        Keep only rows of this ``split`` column value (a manifest whose rooms are held out
+        like the room bank's, e.g. ``kd_brain.public_noise.export_simulated_rirs``); None: all.
 
     Example
     -------
@@ -330,10 +333,16 @@ class MeasuredRIRs:
     """
 
     def __init__(self, csv_path, root=None, sample_rate=16000, rooms=None, max_onset_s=0.25,
-                 max_len_s=None, resample=False):
+                 max_len_s=None, resample=False, split=None):
         root = root if root is not None else os.path.dirname(os.path.dirname(os.path.abspath(csv_path)))
         with open(csv_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
+        if split is not None:
+            if split not in ("train", "test"):
+                raise RIRError(f"split={split!r}: must be 'train', 'test' or None")
+            if rows and "split" not in rows[0]:  # a training room source must say which rooms are held out
+                raise RIRError(f"{csv_path}: no split column, so no held-out rooms (split={split!r} asked)")
+            rows = [r for r in rows if r["split"] == split]
         self.sample_rate, self.rirs, self.groups = sample_rate, {}, {}
         for row in rows:
             if rooms is not None and row["room"] not in rooms:
@@ -343,7 +352,7 @@ class MeasuredRIRs:
             self.rirs[row["ID"]] = trim_rir(audio, path, sample_rate, max_onset_s, max_len_s)
             self.groups.setdefault(row["room"], []).append(row["ID"])
         if not self.rirs:
-            raise RIRError(f"{csv_path}: no RIRs (rooms={rooms})")
+            raise RIRError(f"{csv_path}: no RIRs (rooms={rooms}, split={split})")
         self._rooms = sorted(self.groups)
 
     def sample(self, rng, n_sources):
