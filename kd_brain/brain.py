@@ -13,10 +13,14 @@ import time
 
 import speechbrain as sb
 import torch
+from tqdm import tqdm
 from speechbrain.decoders.ctc import ctc_greedy_decode
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from kd_brain.ddp import (RankBatchSplitter, float32_outputs, global_mean, pad_to_global_length, rank_share,
+                          unwrapped)
 from kd_brain.tokenizer import BLANK_ID
 
 logger = logging.getLogger(__name__)
@@ -68,7 +72,9 @@ class CTCBrain(sb.Brain):
     the objective. Returns ``(log_probs [B, T, V], relative lengths)`` where
     ``round(length * T)`` is exactly ``model.output_frames(n_samples)``; in
     training with ``hparams.aux_ctc_weight`` > 0, the auxiliary head's
-    log-probs come third.
+    log-probs come third. Log-probs are float32 under ``--precision=bf16|fp16``
+    too (the output layers run in float32, :func:`kd_brain.ddp.float32_outputs`):
+    CTC, the KD losses, decoders and stored soft labels all read them.
     """
 
     checkpoint = None  # a speechbrain Checkpoint to evaluate instead of the one min_key/max_key picks
@@ -84,19 +90,30 @@ class CTCBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = self.input_signal(batch, stage)
+        if stage == sb.Stage.TRAIN and getattr(self, "distributed_launch", False):
+            wavs, wav_lens = pad_to_global_length(wavs, wav_lens)  # as the 1-process batch is padded
         feats = self.hparams.compute_features(wavs)
         epoch = self.hparams.epoch_counter.current if hasattr(self.hparams, "epoch_counter") else 0
         feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:
             feats, _ = self.hparams.spec_augment(feats, wav_lens)  # masks only: lengths unchanged
         aux = stage == sb.Stage.TRAIN and getattr(self.hparams, "aux_ctc_weight", 0) > 0
-        out = self.modules.model(feats, wav_lens, aux=True) if aux else self.modules.model(feats, wav_lens)
+        with float32_outputs(self.modules.model, torch.device(self.device).type):
+            out = self.modules.model(feats, wav_lens, aux=True) if aux else self.modules.model(feats, wav_lens)
         log_probs = out[0] if aux else out
         # Output lengths from each utterance's sample count, not from the padded batch:
         # a frame count must not depend on which utterances share the batch.
         n_out = output_frames(self.modules.model, torch.round(wav_lens * wavs.shape[1]).long())
         rel = n_out.float() / log_probs.shape[1]
         return (log_probs, rel, out[1]) if aux else (log_probs, rel)
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        # SpeechBrain would wrap any batch sampler in DistributedSamplerWrapper (whole batches
+        # per rank, reshuffled); a RankBatchSplitter already is this rank's share of each batch.
+        if isinstance(loader_kwargs.get("batch_sampler"), RankBatchSplitter):
+            self.train_sampler = loader_kwargs["batch_sampler"]
+            return loader_kwargs
+        return super()._train_loader_specifics(dataset, loader_kwargs)
 
     def input_signal(self, batch, stage):
         """The audio the model hears; the student overrides this to contaminate it."""
@@ -119,9 +136,26 @@ class TeacherBrain(CTCBrain):
     Appends ``epoch, elapsed_s, train_loss, valid_loss, dev_wer`` to
     ``<output_folder>/curve.csv`` after every validation, so the
     dev-WER-vs-wall-time curve is a file, not a log to grep.
+
+    Under torchrun (DDP, :mod:`kd_brain.ddp`) each rank's loss is weighted by its
+    share of the global batch, the curve's train loss is the mean over ranks,
+    validation runs on the main process only (the others wait, then all save
+    the checkpoint together: the save is collective) and only the main process
+    writes the curve.
     """
 
+    share_count = None  # units this batch's loss averages over (default: its utterances); see rank_share
+
     def compute_objectives(self, predictions, batch, stage):
+        self.share_count = None
+        loss = self.objective(predictions, batch, stage)
+        if stage == sb.Stage.TRAIN and getattr(self, "distributed_launch", False):
+            count = len(batch.id) if self.share_count is None else self.share_count
+            loss = loss * rank_share(count, loss.device)
+        return loss
+
+    def objective(self, predictions, batch, stage):
+        """The training loss (CTC, + auxiliary CTC); at validation it also scores dev WER."""
         log_probs, lens = predictions[:2]
         tokens, token_lens = batch.tokens
         loss = sb.nnet.losses.ctc_loss(log_probs, tokens, lens, token_lens, blank_index=BLANK_ID)
@@ -149,9 +183,11 @@ class TeacherBrain(CTCBrain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
-            self.train_loss = stage_loss
+            ddp = getattr(self, "distributed_launch", False)
+            self.train_loss = global_mean(stage_loss, self.device) if ddp else stage_loss
             return
-        wer = self.wer_metric.summarize("error_rate")
+        # under DDP the main process's dev WER, broadcast by _fit_valid
+        wer = self._valid_wer if self._valid_wer is not None else self.wer_metric.summarize("error_rate")
         if stage == sb.Stage.VALID:
             elapsed = self.hparams.wall_clock.elapsed()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -164,7 +200,34 @@ class TeacherBrain(CTCBrain):
             self.checkpointer.save_and_keep_only(meta={"WER": wer, "epoch": epoch}, min_keys=["WER"],
                                                  num_to_keep=getattr(self.hparams, "ckpt_keep", 2))
 
+    _valid_wer = None
+
+    def _fit_valid(self, valid_set, epoch, enable):
+        if valid_set is None or not self.distributed_launch:
+            return super()._fit_valid(valid_set, epoch, enable)
+        # Dev WER once, on the main process, not once per rank; run_on_main broadcasts it.
+        loss, self._valid_wer = run_on_main(self._valid_pass, args=[valid_set, epoch, enable])
+        try:
+            self.on_stage_end(sb.Stage.VALID, loss, epoch)  # every rank: checkpoint saving is collective
+        finally:
+            self._valid_wer = None
+
+    def _valid_pass(self, valid_set, epoch, enable):
+        """``_fit_valid``'s loop on one process: (mean dev loss, dev WER)."""
+        with unwrapped(self.modules):
+            self.on_stage_start(sb.Stage.VALID, epoch)
+            self.modules.eval()
+            avg, self.step = 0.0, 0
+            with torch.no_grad():
+                for batch in tqdm(valid_set, dynamic_ncols=True, disable=not enable):
+                    self.step += 1
+                    avg = self.update_average(self.evaluate_batch(batch, stage=sb.Stage.VALID), avg)
+            self.step = 0
+        return avg, self.wer_metric.summarize("error_rate")
+
     def _append_curve(self, epoch, elapsed, valid_loss, wer):
+        if not if_main_process():  # one curve, one row per epoch, whatever the number of ranks
+            return
         path = os.path.join(self.hparams.output_folder, "curve.csv")
         new = not os.path.isfile(path)
         with open(path, "a", newline="") as f:

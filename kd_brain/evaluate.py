@@ -19,6 +19,7 @@ import os
 import jiwer
 import speechbrain as sb
 import torch
+from speechbrain.utils.distributed import main_process_only
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from kd_brain.brain import CTCBrain
@@ -84,8 +85,14 @@ def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):
     """Evaluates ``brain`` on every ``{name: dataset}``; returns ``{name: scores}``.
 
     The checkpoint with the lowest ``min_key`` is loaded (SpeechBrain's
-    ``on_evaluate_start``), so every condition scores the same model.
+    ``on_evaluate_start``), so every condition scores the same model. Under
+    torchrun only the main process decodes (once, the 1-process numbers; it
+    writes the ``wer_*.txt`` files); the other ranks wait and receive its scores.
     """
+    return main_process_only(_evaluate_conditions)(brain, conditions, loader_kwargs, min_key)
+
+
+def _evaluate_conditions(brain, conditions, loader_kwargs, min_key):
     brain.results = {}
     for name, dataset in conditions.items():
         brain.condition = name

@@ -2,7 +2,8 @@
 
 ``ExtractBrain`` is an evaluation-only Brain: ``evaluate`` over a manifest
 calls ``compute_objectives`` per batch, which writes each utterance's
-top-k log-probs (and optionally its N-best) to this rank's
+top-k log-probs (float32 under autocast too: ``CTCBrain.compute_forward``)
+(and optionally its N-best) to this rank's
 ``SoftLabelWriter``, keyed by utterance ID. Under torchrun each rank takes
 every world_size-th utterance and writes its own shards; rank 0 merges the
 index. Utterances already in the store are skipped, so a killed extraction
@@ -179,12 +180,14 @@ def plan_batches(dataset, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def extract(brain, dataset, writer, batch_size, rank=0, world_size=1, sampled_writer=None):
+def extract(brain, dataset, writer, batch_size, rank=0, world_size=1, sampled_writer=None, num_workers=0):
     """Stores soft labels for the utterances of ``dataset`` that ``writer`` (or ``sampled_writer``) lacks.
 
     Batch ``i`` of ``plan_batches`` goes to rank ``i % world_size``; batches
     whose utterances are all stored (in both stores) are skipped. Returns the
-    number of utterances written to ``writer`` by this rank.
+    number of utterances written to ``writer`` by this rank. ``num_workers``
+    dataloader workers read this rank's audio; the batches (so the values)
+    do not depend on it.
     """
     ids = dataset.data_ids
     writers = [w for w in (writer, sampled_writer) if w is not None]
@@ -195,5 +198,5 @@ def extract(brain, dataset, writer, batch_size, rank=0, world_size=1, sampled_wr
         return 0
     brain.writer, brain.sampled_writer = writer, sampled_writer
     before = len(writer.stored_ids)
-    brain.evaluate(dataset, test_loader_kwargs={"batch_sampler": todo}, progressbar=True)
+    brain.evaluate(dataset, test_loader_kwargs={"batch_sampler": todo, "num_workers": num_workers}, progressbar=True)
     return len(writer.stored_ids) - before

@@ -22,7 +22,8 @@
   hypotheses, weighted by the teacher's normalised hypothesis scores.
 * ``MWER``: minimum word error rate over an N-best list, interpolated with CTC.
 
-All three take student log-probabilities ``[B, T, V]`` and relative lengths.
+All three take student log-probabilities ``[B, T, V]`` and relative lengths,
+and compute in float32 whatever their dtype (``--precision=bf16|fp16``).
 The Brain looks a criterion up by name (``criterion: frame`` in YAML).
 """
 
@@ -154,6 +155,9 @@ class FrameKD(torch.nn.Module):
             if self.target == "sampled" and self.k != K:
                 raise ValueError(f"target=sampled reads all K draws: k={self.k} but the store holds K={K}")
         T = self.temperature
+        # the KL in float32 under mixed precision too (bf16's 7 mantissa bits would swamp the small
+        # per-frame KLs); .float() of a float32 tensor is the tensor itself, so fp32 runs are unchanged
+        student_logp, teacher_logp = student_logp.float(), teacher_logp.float()
         if self.target == "topk":
             if self.k is not None:
                 teacher_idx, teacher_logp = teacher_idx[..., : self.k], teacher_logp[..., : self.k]
@@ -281,6 +285,7 @@ class SequenceKD(torch.nn.Module):
 
     def forward(self, student_logp, lens, nbests):
         """nbests: per utterance, a list of (token ids, teacher log score)."""
+        student_logp = student_logp.float()  # in float32 under mixed precision too (a no-op otherwise)
         rows, targets, weights = [], [], []
         for b, nbest in enumerate(nbests):
             nbest = [(t, s) for t, s in nbest if len(t) > 0]
@@ -336,6 +341,7 @@ class MWER(torch.nn.Module):
     def forward(self, log_probs, lens, hyp_tokens, hyp_errors, ref_tokens, ref_lens):
         """hyp_tokens: per utterance a list of token-id lists; hyp_errors: word errors of each;
         ref_tokens / ref_lens: padded references and relative lengths (as in ``batch.tokens``)."""
+        log_probs = log_probs.float()  # in float32 under mixed precision too (a no-op otherwise)
         risks = []
         for b, (hyps, errs) in enumerate(zip(hyp_tokens, hyp_errors)):
             if len(hyps) < 2:  # a single hypothesis carries no preference

@@ -6,12 +6,14 @@
   made in the dataloader by ``kd_brain.contamination.Contaminator`` from the
   utterance ID and epoch), so every epoch hears new noise and rooms and the
   audio stays sample-aligned with the clean copy the teacher labelled;
-* ``compute_objectives``: the criterion named by ``hparams.criterion``,
+* ``objective``: the criterion named by ``hparams.criterion``,
   looked up in ``hparams.criteria`` (``frame``, ``sequence``, ``mwer``,
   ``ctc``), optionally interpolated with CTC on labelled utterances.
 
 Targets come from the soft-label store by utterance ID, so shuffling,
-dynamic batching, DDP and mid-epoch resume need nothing special.
+dynamic batching, DDP and mid-epoch resume need nothing special; the noise
+of an utterance depends on (seed, epoch, utterance ID) only, so each rank of
+a torchrun hears what one process would (:mod:`kd_brain.ddp`).
 """
 
 import logging
@@ -76,9 +78,9 @@ class StudentBrain(TeacherBrain):
             # Validation always hears the same noise (epoch -1), so dev WER is comparable across epochs.
             contaminator.set_epoch(epoch if stage == sb.Stage.TRAIN else -1)
 
-    def compute_objectives(self, predictions, batch, stage):
+    def objective(self, predictions, batch, stage):
         if stage != sb.Stage.TRAIN:
-            return super().compute_objectives(predictions, batch, stage)  # CTC + dev WER
+            return super().objective(predictions, batch, stage)  # CTC + dev WER
         log_probs, lens = predictions
         name = self.hparams.criterion
         if name not in self.hparams.criteria:
@@ -97,7 +99,11 @@ class StudentBrain(TeacherBrain):
         check_frames(batch.id, s_frames, t_frames, self.hparams.frame_tolerance)
         T = min(log_probs.shape[1], idx.shape[1])
         # frames valid for both: the shorter of the two lengths, as a fraction of T
-        common = torch.minimum(s_frames, t_frames).clamp(max=T).float() / T
+        n_common = torch.minimum(s_frames, t_frames).clamp(max=T)
+        common = n_common.float() / T
+        # FrameKD averages over frames: under DDP a rank's share of the batch is its frames
+        # (exact with blank_weight 1; with other weights, frames approximate the weight sum)
+        self.share_count = int(n_common.sum())
         args = (log_probs[:, :T], common, idx[:, :T].long(), logp[:, :T].float())
         side = getattr(batch, "kd_side", None)  # only from stores with a side array
         if side is None:

@@ -2,9 +2,15 @@
 """Writes the teacher's top-k soft labels for labelled + unlabelled audio.
 
     python recipes/KD-Noise/extract.py hparams/extract.yaml [--key=value ...]
-    torchrun --nproc_per_node=2 recipes/KD-Noise/extract.py hparams/extract.yaml --distributed_backend=gloo
+    torchrun --nproc_per_node=2 recipes/KD-Noise/extract.py hparams/extract.yaml [--num_workers=2] [--precision=bf16]
 
 Resumable: utterances already stored are skipped; a complete store is left alone.
+Under torchrun (gloo without CUDA) each rank labels its batches of one fixed
+batch plan and writes its own shards; the main process merges the index, so
+the store holds the records a 1-process run writes. ``num_workers`` are each
+rank's audio-reading dataloader workers. ``--precision=bf16|fp16`` (or
+``--eval_precision``) runs the teacher under autocast; its output layer and
+softmax stay float32 (``kd_brain.ddp.float32_outputs``).
 With ``sampled_k > 0`` the same teacher pass also writes the sampled store
 (``sampled_folder``; the student's ``target: sampled``).
 """
@@ -18,6 +24,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from kd_brain.dataio import make_dataset
+from kd_brain.ddp import default_backend, with_options
 from kd_brain.extract import ExtractBrain, NBestSearcher, extract, store_meta
 from kd_brain.modeldir import load_label_source
 from kd_brain.store import SoftLabelWriter, merge_index
@@ -25,6 +32,10 @@ from kd_brain.store import SoftLabelWriter, merge_index
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    run_opts = default_backend(run_opts)
+    if "precision" in run_opts.overridden_args and "eval_precision" not in run_opts.overridden_args:
+        # extraction only evaluates: --precision names its precision, as for the training stages
+        run_opts = with_options(run_opts, eval_precision=run_opts.precision)
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -58,7 +69,8 @@ def main(argv):
         folders.append(hp["sampled_folder"])
     with writer, sampled or contextlib.nullcontext():
         for manifest in manifests:
-            n = extract(brain, make_dataset(manifest), writer, hp["batch_size"], rank, world, sampled)
+            n = extract(brain, make_dataset(manifest), writer, hp["batch_size"], rank, world, sampled,
+                        num_workers=hp["num_workers"])
             print(f"rank {rank}: {manifest}: {n} utterances extracted")
     if world > 1:
         torch.distributed.barrier()

@@ -3,6 +3,16 @@
 
     python recipes/KD-Noise/train.py hparams/teacher.yaml [--key=value ...]
     python recipes/KD-Noise/train.py hparams/student.yaml [--criterion=frame|sequence|mwer|ctc ...]
+    torchrun --nproc_per_node=N recipes/KD-Noise/train.py <yaml> [--num_threads=1] [--precision=bf16] ...
+
+Every stage (teacher, student, sequence training) runs under torchrun
+(SpeechBrain DDP; gloo without CUDA). ``batch_seconds`` is the *global*
+batch: each of the N ranks trains on its 1/N share of every batch of the
+1-process sampler (``kd_brain.ddp.RankBatchSplitter``), so N ranks take the
+1-process run's steps on the same batches; to keep each rank's share at the
+1-process size instead, it is one override, ``--batch_seconds=<N x value>``.
+Only the main process prepares data, writes the curve, validates, evaluates
+and writes results; noise depends on (seed, epoch, utterance) only.
 
 Thin glue. A teacher config prepares its data (skipped when done) and trains
 the tokenizer on labelled transcripts; a student config (it has
@@ -29,6 +39,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from kd_brain.brain import TeacherBrain
 from kd_brain.data import prepare_corpus
+from kd_brain.ddp import RankBatchSplitter, default_backend, rank, world_size
 from kd_brain.dataio import contaminator_item, make_dataset, make_student_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
 from kd_brain.modeldir import (best_checkpoint, lm_decoder, lm_settings, load_tokenizer, nbest_searcher,
@@ -48,11 +59,15 @@ def prepare(hp):
     Returns the tokenizer of the model's units and, when the model has an
     auxiliary head, the character tokenizer of that head (else None).
     """
+    # ``splits`` (Kaldi dirs per role, e.g. LibriSpeech's standard subsets) replaces the speaker
+    # split of train_subdir; configs without it keep the speaker split's keys
+    split = {"splits": hp["splits"]} if hp.get("splits") else dict(
+        train_subdir=hp["train_subdir"], test_subdir=hp["test_subdir"], labelled_fraction=hp["labelled_fraction"],
+        n_dev_speakers=hp["n_dev_speakers"])
     run_on_main(prepare_corpus, kwargs=dict(
-        corpus_dir=hp["corpus_dir"], out_dir=hp["data_folder"], train_subdir=hp["train_subdir"],
-        test_subdir=hp["test_subdir"], labelled_fraction=hp["labelled_fraction"],
-        n_dev_speakers=hp["n_dev_speakers"], seed=hp["split_seed"], on_bad=hp["on_bad"], num_workers=hp["prep_workers"],
-        convert_audio=hp["convert_audio"]))
+        corpus_dir=hp["corpus_dir"], out_dir=hp["data_folder"], seed=hp["split_seed"], on_bad=hp["on_bad"],
+        num_workers=hp["prep_workers"], convert_audio=hp["convert_audio"], labelled_hours=hp.get("labelled_hours"),
+        exclude_csv=hp.get("exclude_csv"), **split))
     labelled = os.path.join(hp["data_folder"], "labelled.csv")
     run_on_main(train_tokenizer, args=[labelled, tokenizer_dir(hp), hp["vocab_size"], hp["token_type"],
                                        hp["token_alphabet"]])
@@ -129,6 +144,9 @@ def student_data(hp, tokenizer, data_folder):
         elif store.target != "topk":
             raise ValueError(f"criterion={criterion} reads the N-best of a top-k store; {hp['store_dir']} "
                              f"is a {store.target} store")
+    if hp["contaminate"] and world_size() > 1:
+        # the noise cache is written by whoever decodes a clip first: the main process, alone
+        run_on_main(_warm_noise_cache, args=[hp["contaminator"]])
     contaminator = hp["contaminator"]() if hp["contaminate"] else None
     hp["contaminator"] = contaminator  # the built one: the Brain sets its epoch
     manifests = [split_manifest(data_folder, s) for s in hp["train_splits"]]
@@ -141,6 +159,10 @@ def student_data(hp, tokenizer, data_folder):
         valid.add_dynamic_item(contaminator_item(contaminator))
         valid.set_output_keys(["id", "sig", "noisy_sig", "wrd", "tokens"])
     return train, valid
+
+
+def _warm_noise_cache(factory):
+    factory()  # builds a contaminator (decoding clips into the cache); it is not sent to the other ranks
 
 
 def condition_sets(hp, tokenizer, data_folder):
@@ -156,6 +178,7 @@ def condition_sets(hp, tokenizer, data_folder):
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    run_opts = default_backend(run_opts)  # gloo under torchrun without CUDA
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
     if hp.get("num_threads"):
@@ -190,6 +213,8 @@ def main(argv):
 
     sampler = DynamicBatchSampler(train_set, max_batch_length=hp["batch_seconds"], num_buckets=hp["num_buckets"],
                                   length_func=lambda x: x["duration"], shuffle=True, seed=hp["seed"])
+    if world_size() > 1:  # the 1-process batches, each split across the ranks
+        sampler = RankBatchSplitter(sampler, rank(), world_size())
     freeze_unused_aux_head(hp)  # before the Brain: DDP registers the trainable parameters
     brain_class = StudentBrain if is_student else TeacherBrain
     brain = brain_class(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
