@@ -74,6 +74,7 @@ def test_equal_wall_time_row_gets_teacher_plus_student_time(tmp_path, monkeypatc
     name, build = row.stages[-1]
     argv = build()
     assert name == "abl_random_init_time" and "--init_from=null" in argv and "--number_of_epochs=14" in argv
+    assert sum(a.startswith("--number_of_epochs=") for a in argv) == 1  # the scale's 2 replaced, not repeated
 
 
 def test_labelled_fraction_rows_train_a_new_teacher_on_a_tenth_in_its_own_experiment():

@@ -9,7 +9,20 @@ from hyperpyyaml import load_hyperpyyaml
 from tests.conftest import REPO
 
 INCLUDES = ("model.yaml",)  # sections shared by the configs, not configs themselves
-YAMLS = sorted(p for p in (REPO / "hparams").glob("*.yaml") if p.name not in INCLUDES)
+OVERRIDES = ("large.yaml",)  # per-stage overrides of other configs (run.py --corpus librispeech)
+YAMLS = sorted(p for p in (REPO / "hparams").glob("*.yaml") if p.name not in INCLUDES + OVERRIDES)
+
+
+def test_large_overrides_name_keys_their_configs_have():
+    """A misspelt key in hparams/large.yaml would silently change nothing: each must exist."""
+    import yaml
+
+    sections = yaml.safe_load((REPO / "hparams" / "large.yaml").read_text())
+    assert set(sections) == {"student", "extract"}
+    for section, keys in sections.items():
+        text = (REPO / "hparams" / f"{section}.yaml").read_text()
+        top = set(re.findall(r"^([A-Za-z_]\w*):", text, flags=re.M))
+        assert set(keys) <= top, (section, set(keys) - top)
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=[p.name for p in YAMLS])

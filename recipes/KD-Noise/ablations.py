@@ -58,8 +58,9 @@ class Grid:
     def train(self, suffix, *overrides):
         """A student row: the main student's command, the scale's epochs, its own name and overrides."""
         model = self.name(suffix)
-        argv = merge([f"{R}/train.py"] + self.student, SCALES[self.scale] + [f"--model_name={model}"]
-                     + list(overrides))
+        # the row's own overrides last, replacing the scale's (the equal-time row sets its epochs)
+        argv = merge(merge([f"{R}/train.py"] + self.student, SCALES[self.scale] + [f"--model_name={model}"]),
+                     list(overrides))
         return model, (model, argv)
 
     def extract(self, folder, *overrides):

@@ -34,16 +34,19 @@ def main(argv):
     thp, shp = load(teacher_yaml, overrides), load(student_yaml, overrides)
     prepare(thp)
     mix = shp["contaminator"].keywords
-    simulate_room_bank(shp["room_bank"], seed=shp["seed"], num_workers=thp["prep_workers"])
-    conditions = [c for c in CONDITIONS if c != "rerecorded" or os.path.isfile(shp["rir_csv"])]
+    rooms = shp["train_rooms"]  # the simulated bank, or an RIR manifest with a split column (RIRS_NOISES)
+    if not str(rooms).endswith(".csv"):
+        simulate_room_bank(rooms, seed=shp["seed"], num_workers=thp["prep_workers"])
+    recorded = shp.get("recorded_csv")  # real re-recordings (VOiCES) instead of the simulated playback
+    conditions = [c for c in CONDITIONS if c != "rerecorded" or recorded or os.path.isfile(shp["rir_csv"])]
     if "rerecorded" not in conditions:
         print(f"prepare: {shp['rir_csv']} not found: the rerecorded condition (measured rooms) is skipped")
     paths = write_conditions(
         os.path.join(thp["data_folder"], "test_clean.csv"), os.path.join(shp["prep_folder"], "conditions"),
-        mix["noise_csv"], shp["room_bank"], shp["rir_csv"], noise_root=mix["noise_root"], conditions=conditions,
+        mix["noise_csv"], rooms, shp["rir_csv"], noise_root=mix["noise_root"], conditions=conditions,
         seed=shp["seed"], test_fraction=mix["test_fraction"], split_seed=mix["split_seed"],
         reserved_sources=mix["reserved_sources"], n_noise_probs=mix["n_noise_probs"],
-        snr_range=mix["snr_range"], cache_dir=mix["cache_dir"])
+        snr_range=mix["snr_range"], cache_dir=mix["cache_dir"], recorded_csv=recorded)
     for name, path in paths.items():
         print(f"prepare: condition {name}: {path}")
 

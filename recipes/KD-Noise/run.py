@@ -6,6 +6,8 @@
     python recipes/KD-Noise/run.py --seeds 3                # + every training stage for seeds 1 and 2
     python recipes/KD-Noise/run.py --units char             # character models, in exp/synthetic_char
     python recipes/KD-Noise/run.py --ablation k temperature # the ablation grids (recipes/KD-Noise/ablations.py)
+    python recipes/KD-Noise/run.py --corpus librispeech --data_root /data --nproc 8 --device=cuda:0 --precision=bf16
+        # full scale: /data holds LibriSpeech/, musan/, RIRS_NOISES/ (and VOiCES_devkit/, optional)
 
 Stages (each one command, printed before it runs, so any stage can be rerun
 or forked by hand): corpus, prepare, teacher, teacher_seq, extract, student,
@@ -13,7 +15,18 @@ student_seq, the baselines multicondition, pseudo_labels + pseudo_label, and
 the report (paper table with bootstrap intervals, every stage's command and commit). A finished stage leaves ``<exp>/stages/<name>.done`` and
 is skipped next time; an interrupted one resumes from its own checkpoints.
 ``--stages a b`` runs only those (done or not); extra ``--key=value`` go to
-every preparation and training stage whose YAML has that key.
+every preparation and training stage whose YAML has that key; SpeechBrain's
+run options (``--device``, ``--precision``, ...) go to every stage that loads a
+model. ``--nproc N`` runs training and extraction under ``torchrun
+--nproc_per_node=N``.
+
+LibriSpeech (``--corpus librispeech``) adds three export stages ahead of
+prepare: corpus (LibriSpeech's standard split, and VOiCES when
+``<data_root>/VOiCES_devkit`` exists: then the clean and rerecorded test sets
+are VOiCES, test-clean and test-other extra test sets), noise (MUSAN music and
+speech) and rooms (RIRS_NOISES: simulated rooms train, measured rooms
+re-record); the teacher is hparams/teacher_large.yaml, every student stage
+hparams/student.yaml with hparams/large.yaml's overrides.
 """
 
 import argparse
@@ -27,6 +40,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 R = "recipes/KD-Noise"
+CORPORA = ["synthetic", "speechocean762", "librispeech"]
+# SpeechBrain's run options (sb.parse_arguments), passed to every stage that loads a model
+RUN_OPTS = {"device", "precision", "eval_precision", "data_parallel_backend", "distributed_backend",
+            "debug", "noprogressbar", "find_unused_parameters", "grad_accumulation_factor", "max_grad_norm"}
+MODEL_SCRIPTS = ("train.py", "prepare.py", "extract.py", "pseudo_label.py")
 MODELS = ["teacher", "teacher_seq", "multicondition", "pseudo_label", "student", "student_seq"]
 CONDITIONS = ["clean", "noisy_sim", "rerecorded"]
 # Sequence training: one MWER epoch at a fifth of the student's LR (dev grid, recipe README)
@@ -72,7 +90,49 @@ def yaml_seed(path):
     return yaml_int(path, "seed")
 
 
-def stages(corpus, hours, exp, seed_index=0, units="subword"):
+def flow_yaml(value):
+    """A YAML value in flow style on one line, for a ``--key=value`` override."""
+    import yaml
+
+    if not isinstance(value, (dict, list)):
+        return str(value)  # (safe_dump would end a scalar document with "...")
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+
+
+def large_overrides(section):
+    """``--key=value`` of one section of hparams/large.yaml (the full-scale student or extraction)."""
+    import yaml
+
+    with open(os.path.join(REPO, "hparams", "large.yaml")) as f:
+        return [f"--{k}={flow_yaml(v)}" for k, v in yaml.safe_load(f)[section].items()]
+
+
+def librispeech_plan(exp, data_root):
+    """The full-scale export stages and the teacher's and students' arguments (see the docstring).
+    Without ``data_root`` (the report's model names only), the exports' paths are placeholders."""
+    data_root = data_root or "<data_root>"
+    kaldi, public = f"{exp}/kaldi", f"{exp}/public"
+    voices = os.path.join(data_root, "VOiCES_devkit")
+    voices = voices if os.path.isdir(voices) else None
+    first = [("corpus", [f"{R}/prepare_librispeech.py", os.path.join(data_root, "LibriSpeech"), kaldi]
+              + (["--voices", voices] if voices else [])),
+             ("noise", [f"{R}/prepare_noise.py", "musan", os.path.join(data_root, "musan"), public]),
+             ("rooms", [f"{R}/prepare_noise.py", "rirs_noises", os.path.join(data_root, "RIRS_NOISES"), public])]
+    teacher = ["hparams/teacher_large.yaml", f"--corpus_dir={kaldi}"]
+    tests = {"test_other": f"{exp}/data/test_other.csv"}
+    noise = [f"--noise_csv={public}/noise/musan.csv", "--reserved_sources=[jamendo,us-gov]",
+             f"--train_rooms={public}/rir/simulated_rirs.csv", f"--rir_csv={public}/rir/real_rirs.csv"]
+    if voices:  # VOiCES as the clean and the (real) rerecorded test set; its speakers out of training
+        tests["test_librispeech"] = f"{exp}/data/test_librispeech.csv"
+        teacher += ['--splits={test: [voices-test], test_librispeech: [test-clean]}',
+                    f"--exclude_csv={kaldi}/voices_librispeech.csv",
+                    f"--extra_test={flow_yaml({'test_librispeech': tests['test_librispeech']})}"]
+        noise.append(f"--recorded_csv={kaldi}/voices-test_recorded.csv")
+    students = noise + large_overrides("student") + [f"--extra_test={flow_yaml(tests)}"]
+    return first, teacher, students, noise
+
+
+def stages(corpus, hours, exp, seed_index=0, units="subword", data_root=None):
     """[(name, argv)] for a corpus; argv runs from the repository root.
 
     Seed 0 is the default run in ``exp``; seed i > 0 trains every model again
@@ -86,13 +146,20 @@ def stages(corpus, hours, exp, seed_index=0, units="subword"):
             f"--noise_csv={exp}/corpus/noise/noise.csv", "--reserved_sources=[]"]
         first = [("corpus", [f"{R}/make_synthetic.py", "--out", f"{exp}/corpus", "--hours", str(hours),
                              "--train-speakers", "165"])]
+        student = ["hparams/student.yaml", f"--exp_folder={run}"] + noise
+        extract = []
+    elif corpus == "librispeech":
+        first, teacher, large, noise = librispeech_plan(exp, data_root)
+        teacher.insert(1, f"--exp_folder={run}")
+        student = ["hparams/student.yaml", f"--exp_folder={run}"] + large
+        extract = large_overrides("extract")
     else:
         # From scratch the bed teacher stays at the CTC plateau on 2 cores; it starts from the
         # synthetic-corpus teacher of the main job (run that first).
         teacher = ["hparams/teacher_bed.yaml", f"--exp_folder={run}",
                    f"--init_from={default_exp('synthetic', units)}/teacher"]
-        noise, first = [], []
-    student = ["hparams/student.yaml", f"--exp_folder={run}"] + noise
+        noise, first, extract = [], [], []
+        student = ["hparams/student.yaml", f"--exp_folder={run}"]
     if seed_index:
         teacher += [f"--prep_folder={exp}", f"--seed={yaml_seed(teacher[0]) + seed_index}"]
         student += [f"--prep_folder={exp}", f"--seed={yaml_seed(student[0]) + seed_index}"]
@@ -101,13 +168,13 @@ def stages(corpus, hours, exp, seed_index=0, units="subword"):
         ("prepare", [f"{R}/prepare.py", teacher[0], "hparams/student.yaml"] + teacher[1:] + noise)]
     return plan + [
         ("teacher", [f"{R}/train.py"] + teacher),
-        ("teacher_seq", [f"{R}/train.py"] + student + TEACHER_SEQ),
-        ("extract", [f"{R}/extract.py", "hparams/extract.yaml", f"--exp_folder={run}"]),
+        ("teacher_seq", [f"{R}/train.py"] + merge(student, TEACHER_SEQ)),
+        ("extract", [f"{R}/extract.py", "hparams/extract.yaml", f"--exp_folder={run}"] + extract),
         ("student", [f"{R}/train.py"] + student),
-        ("student_seq", [f"{R}/train.py"] + student + STUDENT_SEQ),
-        ("multicondition", [f"{R}/train.py"] + student + MULTICONDITION),
-        ("pseudo_labels", [f"{R}/pseudo_label.py", "hparams/extract.yaml", f"--exp_folder={run}"]),
-        ("pseudo_label", [f"{R}/train.py"] + student + pseudo_label_args(run)),
+        ("student_seq", [f"{R}/train.py"] + merge(student, STUDENT_SEQ)),
+        ("multicondition", [f"{R}/train.py"] + merge(student, MULTICONDITION)),
+        ("pseudo_labels", [f"{R}/pseudo_label.py", "hparams/extract.yaml", f"--exp_folder={run}"] + extract),
+        ("pseudo_label", [f"{R}/train.py"] + merge(student, pseudo_label_args(run))),
     ], run
 
 
@@ -118,9 +185,12 @@ def yaml_keys(path):
 
 
 def overrides_for(argv, extra):
-    """The ``--key=value`` of ``extra`` whose key the stage's YAML has; run options (no '=') always."""
+    """The ``--key=value`` of ``extra`` for a stage: training and preparation take those whose key
+    their YAML has, every model-loading stage SpeechBrain's run options (and flags without '=')."""
     keys = yaml_keys(next(a for a in argv if a.endswith(".yaml")))
-    return [e for e in extra if "=" not in e or e[2:].split("=", 1)[0] in keys]
+    if not argv[0].endswith(("train.py", "prepare.py")):
+        keys = set()  # extraction: its settings are its own (the students' k, beam ... are not)
+    return [e for e in extra if "=" not in e or e[2:].split("=", 1)[0] in keys | RUN_OPTS]
 
 
 def merge(argv, extra):
@@ -141,20 +211,30 @@ def commit():
         return "unknown"
 
 
-def run_stage(run, name, argv, extra, force):
+def launcher(argv, nproc):
+    """The interpreter (and torchrun, for training and extraction on several processes) of a stage:
+    (what is printed, what runs)."""
+    if nproc > 1 and argv[0].endswith(("train.py", "extract.py")):
+        return f"torchrun --nproc_per_node={nproc}", [sys.executable, "-m", "torch.distributed.run",
+                                                     f"--nproc_per_node={nproc}"]
+    return "python", [sys.executable]
+
+
+def run_stage(run, name, argv, extra, force, nproc=1):
     done = os.path.join(REPO, run, "stages", f"{name}.done")
     if os.path.isfile(done) and not force:
         print(f"=== stage {name}: done earlier, skipped (delete {os.path.relpath(done, REPO)} to redo)", flush=True)
         return
-    if argv[0].endswith(("train.py", "prepare.py")):
+    if argv[0].endswith(MODEL_SCRIPTS):
         argv = merge(argv, overrides_for(argv, extra))
-    print(f"\n=== stage {name}: python {' '.join(argv)}", flush=True)
+    shown, launch = launcher(argv, nproc)
+    print(f"\n=== stage {name}: {shown} {' '.join(argv)}", flush=True)
     t0 = time.time()
-    subprocess.run([sys.executable] + argv, cwd=REPO, check=True)
+    subprocess.run(launch + argv, cwd=REPO, check=True)
     seconds = round(time.time() - t0)
     os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done, "w") as f:
-        json.dump({"seconds": seconds, "command": "python " + " ".join(argv), "commit": commit()}, f)
+        json.dump({"seconds": seconds, "command": f"{shown} " + " ".join(argv), "commit": commit()}, f)
     print(f"=== stage {name} done in {seconds} s", flush=True)
 
 
@@ -200,7 +280,10 @@ def report(exp, runs, order):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default="synthetic", choices=["synthetic", "speechocean762"])
+    parser.add_argument("--corpus", default="synthetic", choices=CORPORA)
+    parser.add_argument("--data_root", help="librispeech: the folder holding LibriSpeech/, musan/, RIRS_NOISES/ "
+                        "(and VOiCES_devkit/)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) of training and extraction (torchrun)")
     parser.add_argument("--hours", type=float, default=3.3, help="size of the synthetic corpus")
     parser.add_argument("--exp", help="experiment folder (default: exp/<corpus>)")
     parser.add_argument("--seeds", type=int, default=1,
@@ -217,6 +300,12 @@ def main():
     exp = args.exp or default_exp(args.corpus, args.units)
     if args.corpus == "speechocean762" and not os.path.isdir(SHARED):
         sys.exit(f"{SHARED} not found: the real bed needs ../shared/data beside the repository")
+    if args.corpus == "librispeech":
+        missing = [d for d in ("LibriSpeech", "musan", "RIRS_NOISES")
+                   if not args.data_root or not os.path.isdir(os.path.join(args.data_root, d))]
+        if missing:
+            sys.exit(f"--corpus librispeech --data_root {args.data_root}: {', '.join(missing)} not found in it")
+        args.data_root = os.path.abspath(args.data_root)
     if args.ablation:
         from ablations import GRIDS, run_ablations
 
@@ -227,12 +316,12 @@ def main():
         return
     runs, order = [], []
     for i in range(args.seeds):
-        plan, run = stages(args.corpus, args.hours, exp, seed_index=i, units=args.units)
+        plan, run = stages(args.corpus, args.hours, exp, seed_index=i, units=args.units, data_root=args.data_root)
         if args.seeds > 1:
             print(f"\n##### seed run {i + 1} of {args.seeds}: {run}", flush=True)
         for name, argv in plan:
             if not args.stages or name in args.stages:
-                run_stage(run, name, argv, extra, force=bool(args.stages))
+                run_stage(run, name, argv, extra, force=bool(args.stages), nproc=args.nproc)
         runs.append(run)
         order += [name for name, _ in plan if name not in order]
     report(exp, runs, order)
