@@ -106,7 +106,7 @@ def char_tokenizer(folder):
 def teacher_brain(folder, brain_class, nbest=0, run_opts=None):
     with open(os.path.join(REPO, "hparams", "teacher.yaml")) as f:
         hp = load_hyperpyyaml(f, {"exp_folder": folder, "num_workers": 0})
-    hp["modules"]["model"].load_state_dict(torch.load(os.path.join(folder, "teacher.pt")))
+    hp["modules"]["model"].load_state_dict(torch.load(os.path.join(folder, "teacher.pt"), weights_only=True))
     dataset = make_dataset(os.path.join(folder, "bench.csv"))
     with torch.no_grad():  # global feature statistics from the first utterances, as training would
         for i in range(4):

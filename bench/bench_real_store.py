@@ -89,7 +89,7 @@ def teacher_outputs(store, root, max_seconds):
         chosen = rows[stride // 2 :: stride]  # short and long utterances alike
         total = sum(float(r["duration"]) for r in chosen)
         manifest = os.path.join(tempfile.mkdtemp(), "subset.csv")
-        write_csv(manifest, chosen, list(chosen[0]))
+        write_csv(manifest, chosen, ["ID", "duration", "wav"])  # audio only: the unlabelled rows have no wrd
         dataset = make_dataset(manifest)
         brain = Capture(modules=thp["modules"], hparams=thp, run_opts={"device": "cpu", "noprogressbar": True},
                         checkpointer=thp["checkpointer"])

@@ -7,20 +7,29 @@ the YAML (``hparams``) or is an attribute set here; no globals.
 """
 
 import csv
+import functools
+import io
+import json
 import logging
 import os
+import random
+import shutil
 import time
+
+import numpy as np
+import yaml
 
 import speechbrain as sb
 import torch
 from tqdm import tqdm
 from speechbrain.decoders.ctc import ctc_greedy_decode
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.metric_stats import ErrorRateStats
 
-from kd_brain.ddp import (RankBatchSplitter, float32_outputs, global_mean, pad_to_global_length, rank_share,
-                          unwrapped)
+from kd_brain.atomic import write_bytes, write_text
+from kd_brain.ddp import (RankBatchSplitter, float32_outputs, global_mean, pad_to_global_length, rank,
+                          rank_share, unwrapped)
 from kd_brain.tokenizer import BLANK_ID
 
 logger = logging.getLogger(__name__)
@@ -56,6 +65,120 @@ class WallClock:
         with open(path) as f:
             self.before = float(f.read())
         self.t0 = time.time()
+
+
+# save_on_main_only=False: every rank saves its own state (rank r > 0 to ``<path>.rank<r>``). With
+# SpeechBrain's default (savers run on rank 0 only) the other ranks' files were never written, so under
+# torchrun only rank 0's generators were restored after a kill.
+@functools.partial(register_checkpoint_hooks, save_on_main_only=False)
+class RNGState:
+    """The random generators' states (torch, numpy, random; one file per rank) in each checkpoint.
+
+    SpeechBrain's checkpoints leave them out, so a run resumed after a kill
+    drew other dropout masks than the uninterrupted run and ended with other
+    parameters. Loading only keeps the state; the training loop applies it
+    (:meth:`restore`) where the saving run stood: at once after an
+    end-of-epoch checkpoint, at the next batch after an intra-epoch one (the
+    new epoch's data loader draws its seed before that, as the saving run's
+    did before its checkpoint), or at the end of the epoch when the
+    checkpoint followed its last batch. Checkpoints without it load as before.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path, state = os.path.join(tempfile.mkdtemp(), "rng.ckpt"), RNGState()
+    >>> _ = torch.manual_seed(0); state._save(path); a = torch.rand(1)
+    >>> state._load(path, end_of_epoch=True); state.restore(); bool(torch.equal(a, torch.rand(1)))
+    True
+    """
+
+    def __init__(self):
+        self.pending, self.end_of_epoch = None, True
+
+    @staticmethod
+    def _file(path):
+        return path if rank() == 0 else f"{path}.rank{rank()}"
+
+    @mark_as_saver
+    def _save(self, path):
+        # JSON of plain numbers (never a pickle: loading a checkpoint must not run code); the same
+        # states give the same file
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss = random.getstate()
+        state = {"torch": torch.get_rng_state().numpy().tobytes().hex(), "random": [version, list(internal), gauss],
+                 "numpy": [name, keys.astype("<u4").tobytes().hex(), int(pos), int(has_gauss), float(cached)],
+                 "cuda": [s.numpy().tobytes().hex() for s in torch.cuda.get_rng_state_all()]
+                 if torch.cuda.is_initialized() else None}
+        write_bytes(self._file(path), json.dumps(state).encode(), fsync=False)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch=False):
+        self.pending, self.end_of_epoch = None, end_of_epoch
+        if os.path.isfile(self._file(path)):
+            with open(self._file(path), encoding="utf-8") as f:
+                self.pending = json.load(f)
+
+    def restore(self):
+        """Applies the loaded state (once); a no-op when none is pending."""
+        if self.pending is None:
+            return
+        state, self.pending = self.pending, None
+        as_tensor = lambda h: torch.frombuffer(bytearray.fromhex(h), dtype=torch.uint8)  # noqa: E731
+        torch.set_rng_state(as_tensor(state["torch"]))
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.frombuffer(bytes.fromhex(keys), dtype="<u4").copy(), *rest))
+        version, internal, gauss = state["random"]
+        random.setstate((version, tuple(internal), gauss))
+        if state["cuda"] is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([as_tensor(h) for h in state["cuda"]])
+
+
+def atomic_checkpoints(checkpointer):
+    """Makes ``checkpointer`` write each checkpoint whole or not at all; returns it.
+
+    SpeechBrain writes a checkpoint's ``CKPT.yaml`` (what makes a folder a
+    checkpoint) first and its parameter files after it: a kill in between
+    left a newest "checkpoint" with a truncated or missing ``model.ckpt``,
+    and the resumed run died loading it. Here ``CKPT.yaml`` is written last
+    (atomically), so a folder without one is an unfinished save: never
+    loaded, and removed by the next save.
+    """
+    if getattr(checkpointer, "_atomic_saves", False):
+        return checkpointer
+    save = checkpointer.save_checkpoint
+
+    def save_checkpoint(*args, **kwargs):
+        pending = []
+
+        def meta_last(fpath, meta_to_include={}, end_of_epoch=True):
+            meta = {"unixtime": time.time(), "end-of-epoch": end_of_epoch, **meta_to_include}
+            pending.append((fpath, meta))
+            return meta
+
+        if if_main_process():
+            for d in checkpointer.checkpoints_dir.glob("CKPT*"):  # unfinished saves of a killed run
+                if d.is_dir() and not (d / "CKPT.yaml").exists():
+                    shutil.rmtree(d, ignore_errors=True)
+        checkpointer._save_checkpoint_metafile = meta_last
+        try:
+            saved = save(*args, **kwargs)
+        finally:
+            del checkpointer._save_checkpoint_metafile
+        # Under torchrun (a save is collective: every rank calls it): every rank's own files (RNGState's)
+        # are written before CKPT.yaml, and no rank goes on before it is there. SpeechBrain's deletion
+        # after a save lists the checkpoints on every rank and broadcasts once per deleted one, so every
+        # rank must see the same checkpoints; with CKPT.yaml written last and no barrier, a 2-rank run
+        # hung at its first intra-epoch save (rank 1 in a deletion's broadcast, rank 0 in the barrier
+        # that ends the deletions). No-ops without DDP (and inside run_on_main).
+        ddp_barrier()
+        for fpath, meta in pending:  # the same file SpeechBrain writes, now last and atomically
+            write_text(str(fpath), "# yamllint disable\n" + yaml.dump(meta))
+        ddp_barrier()
+        return saved
+
+    checkpointer.save_checkpoint = save_checkpoint
+    checkpointer._atomic_saves = True
+    return checkpointer
 
 
 def output_frames(model, n_samples):
@@ -145,11 +268,12 @@ class TeacherBrain(CTCBrain):
     """
 
     share_count = None  # units this batch's loss averages over (default: its utterances); see rank_share
+    rank_weighted = False  # set by an objective whose loss already carries its rank shares (MWER's two terms)
 
     def compute_objectives(self, predictions, batch, stage):
-        self.share_count = None
+        self.share_count, self.rank_weighted = None, False
         loss = self.objective(predictions, batch, stage)
-        if stage == sb.Stage.TRAIN and getattr(self, "distributed_launch", False):
+        if stage == sb.Stage.TRAIN and getattr(self, "distributed_launch", False) and not self.rank_weighted:
             count = len(batch.id) if self.share_count is None else self.share_count
             loss = loss * rank_share(count, loss.device)
         return loss
@@ -169,9 +293,28 @@ class TeacherBrain(CTCBrain):
         return loss
 
     def on_fit_start(self):
+        self.rng_state = RNGState()
+        if self.checkpointer is not None:  # resumes draw what the uninterrupted run drew; saves are whole
+            self.checkpointer.add_recoverable("rng", self.rng_state, optional_load=True)
+            atomic_checkpoints(self.checkpointer)
         super().on_fit_start()  # loads the latest checkpoint, clock included
+        if self.rng_state.end_of_epoch:
+            self.rng_state.restore()
         if self.hparams.wall_clock.t0 is None:  # a fresh run; a resumed clock is already running
             self.hparams.wall_clock.start()
+
+    def on_fit_batch_start(self, batch, should_step):
+        self.rng_state.restore()  # after an intra-epoch checkpoint: where the saving run stood
+
+    def _save_intra_epoch_ckpt(self):
+        # SpeechBrain's checkpoint holds rank 0's running train loss (``brain.ckpt``) and every rank loads
+        # it: after a mid-epoch resume under torchrun the other ranks' shares of the epoch's loss so far were
+        # rank 0's, and the curve's train loss (their mean, global_mean) was off (measured on the tiny teacher,
+        # 2 ranks: 5.1856 for 5.1939). Each rank's running mean becomes the mean over ranks before saving:
+        # the epoch's mean over ranks is linear in them, so it is unchanged, whether or not the run is resumed.
+        if getattr(self, "distributed_launch", False):
+            self.avg_train_loss = global_mean(self.avg_train_loss, self.device)
+        super()._save_intra_epoch_ckpt()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if should_step and getattr(self.hparams, "lr_scheduler", None) is not None:
@@ -183,6 +326,8 @@ class TeacherBrain(CTCBrain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
+            # resumed from a checkpoint after the epoch's last batch: no batch came to restore it
+            getattr(self, "rng_state", RNGState()).restore()
             ddp = getattr(self, "distributed_launch", False)
             self.train_loss = global_mean(stage_loss, self.device) if ddp else stage_loss
             return
@@ -229,9 +374,13 @@ class TeacherBrain(CTCBrain):
         if not if_main_process():  # one curve, one row per epoch, whatever the number of ranks
             return
         path = os.path.join(self.hparams.output_folder, "curve.csv")
-        new = not os.path.isfile(path)
-        with open(path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["epoch", "elapsed_s", "train_loss", "valid_loss", "dev_wer"])
-            w.writerow([epoch, round(elapsed, 1), round(self.train_loss, 4), round(float(valid_loss), 4), round(wer, 2)])
+        rows = [["epoch", "elapsed_s", "train_loss", "valid_loss", "dev_wer"]]
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                # a run killed after writing an epoch's row but before its checkpoint redoes that
+                # epoch: its row replaces the earlier one instead of following it
+                rows = [r for i, r in enumerate(csv.reader(f)) if i == 0 or (r and int(r[0]) < epoch)]
+        rows.append([epoch, round(elapsed, 1), round(self.train_loss, 4), round(float(valid_loss), 4), round(wer, 2)])
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        write_text(path, out.getvalue())

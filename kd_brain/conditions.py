@@ -31,6 +31,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from kd_brain.atomic import write_json, write_wav
 from kd_brain.contamination import DEFAULT_RESERVED, Contaminator, seed_for
 from kd_brain.data import options_hash, read_csv, write_csv
 from kd_brain.rooms import MeasuredRIRs
@@ -125,9 +126,7 @@ def _render_condition(name, rows, contaminator, out_dir, base_seed):
                 raise ConditionError(f"utterance {row['ID']}: {row['wav']} must be mono at "
                                      f"{contaminator.noises.sample_rate} Hz (got {sr} Hz, shape {clean.shape})")
             noisy, plan = contaminator.contaminate(torch.from_numpy(clean), seed)
-            tmp = dst + ".part.wav"
-            sf.write(tmp, noisy.clamp(-1, 1).numpy(), sr, subtype="PCM_16")
-            os.replace(tmp, dst)
+            write_wav(dst, noisy.clamp(-1, 1).numpy(), sr)  # complete or absent: the check above trusts it
         out.append({**row, "wav": dst, "condition": name, "playback": "simulated", **_mix_fields(plan)})
         if i % 200 == 0 or i == len(rows):
             logger.info("%s: %d/%d utterances", name, i, len(rows))
@@ -261,8 +260,7 @@ def write_conditions(
                     output_transform=PlaybackChain(**microphone), **mix, **split)
             out = _render_condition(name, rows, contaminator, out_dir, cseed)
         write_csv(csv_path, out, FIELDS)
-        with open(done_file, "w") as f:
-            json.dump(opts, f, indent=1)
+        write_json(done_file, opts, indent=1)  # atomic: a half-written one would stop every rerun
     return paths
 
 
@@ -278,6 +276,4 @@ def _start(out_dir, name, opts):
     done = os.path.join(out_dir, f"{name}.done.json")
     if os.path.isfile(done):  # stale: written under other options
         os.remove(done)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(started, "w") as f:
-        json.dump(opts, f, indent=1)
+    write_json(started, opts, indent=1)  # atomic: a half-written one would stop every rerun

@@ -3,9 +3,10 @@
 A corpus is one or more Kaldi data directories (``wav.scp``, ``text``,
 ``utt2spk``; audio paths relative to the corpus root). Preparation
 
-1. validates every utterance (audio present and readable, 16 kHz, non-empty
-   transcript) and stops with the utterance ID, or counts and logs a skip when
-   ``on_bad="skip"``;
+1. validates every utterance (audio present, readable and complete, 16 kHz,
+   finite, not silent, not clipped; non-empty transcript: ``kd_brain.validate``)
+   and stops with the utterance ID and file, or counts and logs a skip when
+   ``on_bad="skip"`` (faults of the Kaldi tables themselves always stop);
 2. converts the compressed audio once to 16-bit WAV in the output folder
    (Ogg/Opus decodes at a few hundred x real time; WAV reads are ~free, and
    training reads each file once per epoch);
@@ -32,9 +33,10 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 import soundfile as sf
 
+from kd_brain import validate
+from kd_brain.atomic import write_json, write_text
 # CorpusError and split_speakers live in kd_brain.splits (no audio there); re-exported here
 from kd_brain.splits import (TRAINING_ROLES, CorpusError, apply_exclusions, check_disjoint,  # noqa: F401
                              normalise_splits, read_exclusions, read_spk2gender, select_hours, split_speakers)
@@ -62,7 +64,9 @@ def read_kaldi_dir(data_dir):
 
     ``wav`` is the path as written in ``wav.scp`` (relative to the corpus
     root, or absolute). Only simple ``utt path`` lines are supported: piped
-    commands are refused with the line that holds one.
+    commands are refused with the line that holds one. Any fault of the
+    tables (encoding, IDs, duplicates, a missing entry) is a CorpusError
+    naming the file, line and utterance (``kd_brain.validate.kaldi_table``).
 
     Example
     -------
@@ -75,24 +79,11 @@ def read_kaldi_dir(data_dir):
     'HELLO WORLD'
     """
     tables = {}
-    for name in ("wav.scp", "text", "utt2spk"):
+    for name, kind in (("wav.scp", "wav"), ("text", "text"), ("utt2spk", "spk")):
         path = os.path.join(data_dir, name)
         if not os.path.isfile(path):
             raise CorpusError(f"{path}: missing (a Kaldi data directory needs wav.scp, text, utt2spk)")
-        table = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                parts = line.split(maxsplit=1)
-                utt, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
-                if name == "wav.scp" and (value.endswith("|") or " " in value):
-                    raise CorpusError(f"{path}:{lineno}: utterance {utt}: only 'utt path' lines are supported, got {value!r}")
-                if utt in table:
-                    raise CorpusError(f"{path}:{lineno}: utterance {utt} appears twice")
-                table[utt] = value
-        tables[name] = table
+        tables[name] = validate.kaldi_table(path, kind)  # rules: kd_brain.validate
     utts = tables["wav.scp"]
     for name in ("text", "utt2spk"):
         missing = sorted(set(utts) - set(tables[name]))
@@ -108,55 +99,37 @@ def check_and_convert(utt_id, src, dst, wrd=None):
     """Validates one utterance and writes it as 16-bit WAV at ``dst``.
 
     Returns the duration in seconds. Raises CorpusError naming the utterance
-    and file for: a missing or unreadable file, a sample rate other than
-    16 kHz, empty audio, or (when ``wrd`` is given) an empty transcript.
-    Writing goes through a temporary file, so an interrupted conversion never
-    leaves a truncated WAV behind.
+    and file for: a missing, unreadable or truncated file, a sample rate other
+    than 16 kHz, empty, non-finite, silent or clipped audio, or (when ``wrd``
+    is given) an empty transcript; several channels are downmixed (rules and
+    thresholds: ``kd_brain.validate``). Writing goes through a temporary file,
+    so an interrupted conversion never leaves a truncated WAV behind.
 
     Example
     -------
-    >>> import tempfile, os
+    >>> import tempfile, os, numpy as np
     >>> d = tempfile.mkdtemp()
-    >>> sf.write(os.path.join(d, "a.flac"), np.zeros(1600), 16000)
+    >>> sf.write(os.path.join(d, "a.flac"), np.random.RandomState(0).randn(1600) * 0.1, 16000)
     >>> check_and_convert("u1", os.path.join(d, "a.flac"), os.path.join(d, "a.wav"), "HI")
     0.1
     """
-    if wrd is not None and not wrd.strip():
-        raise CorpusError(f"utterance {utt_id}: empty transcript")
-    if not os.path.isfile(src):
-        raise CorpusError(f"utterance {utt_id}: audio file {src} does not exist")
-    try:
-        audio, sr = sf.read(src, dtype="int16", always_2d=True)
-    except Exception as e:  # soundfile raises several types for corrupt files
-        raise CorpusError(f"utterance {utt_id}: cannot read audio file {src}: {e}") from e
-    if sr != SAMPLE_RATE:
-        raise CorpusError(f"utterance {utt_id}: {src} has sample rate {sr} Hz, expected {SAMPLE_RATE} Hz")
-    if audio.shape[0] == 0:
-        raise CorpusError(f"utterance {utt_id}: {src} contains no samples")
-    audio = audio.mean(axis=1).astype(np.int16) if audio.shape[1] > 1 else audio[:, 0]
+    validate.check_transcript(utt_id, wrd)
+    audio = validate.read_checked(utt_id, src, dtype="int16", clipping=True, sample_rate=SAMPLE_RATE)
     if dst != src:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = dst + ".part.wav"
-        sf.write(tmp, audio, sr, subtype="PCM_16")
+        sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
         os.replace(tmp, dst)
-    return round(len(audio) / sr, 4)
+    return round(len(audio) / SAMPLE_RATE, 4)
 
 
 def check_header(utt_id, src, wrd=None):
-    """Like ``check_and_convert`` but reads only the header (for corpora kept as they are)."""
-    if wrd is not None and not wrd.strip():
-        raise CorpusError(f"utterance {utt_id}: empty transcript")
-    if not os.path.isfile(src):
-        raise CorpusError(f"utterance {utt_id}: audio file {src} does not exist")
-    try:
-        info = sf.info(src)
-    except Exception as e:
-        raise CorpusError(f"utterance {utt_id}: cannot read audio file {src}: {e}") from e
-    if info.samplerate != SAMPLE_RATE:
-        raise CorpusError(f"utterance {utt_id}: {src} has sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz")
-    if info.frames == 0:
-        raise CorpusError(f"utterance {utt_id}: {src} contains no samples")
-    return round(info.frames / SAMPLE_RATE, 4)
+    """Like ``check_and_convert`` but reads only the header (for corpora kept as they are).
+
+    Sample values (NaN, silence) are checked when training reads the file.
+    """
+    validate.check_transcript(utt_id, wrd)
+    return round(validate.check_audio_header(utt_id, src, SAMPLE_RATE) / SAMPLE_RATE, 4)
 
 
 def _convert_job(args):
@@ -172,20 +145,23 @@ def _convert_job(args):
 
 
 def write_csv(path, rows, fields):
-    """Writes rows (dicts) to a CSV atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    """Writes rows (dicts) to a CSV atomically: complete or absent, and a failed write names the file."""
+    from kd_brain.atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def read_csv(path):
-    """Reads a manifest into a list of dicts (keeps file order)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """Reads a manifest into a list of dicts (keeps file order).
+
+    Refuses, naming file and line, what ``kd_brain.validate.csv_rows`` does:
+    non-UTF-8 text, NUL characters, repeated header names, rows whose field
+    count differs from the header's.
+    """
+    return [row for _, row in validate.csv_rows(path)[1]]
 
 
 def read_transcripts(labelled_csv, user):
@@ -397,11 +373,10 @@ def prepare_corpus(
         write_csv(paths[split], rows[split], fields)
     write_csv(paths["unlabelled_transcripts"], rows["unlabelled"], ["ID", "wrd"])
     if skipped:
-        with open(os.path.join(out_dir, "skipped.txt"), "w") as f:
-            f.write("\n".join(skipped) + "\n")
+        write_text(os.path.join(out_dir, "skipped.txt"), "\n".join(skipped) + "\n")
     speakers = {s: sorted({r["spk_id"] for r in rows[s]}) for s in TRAINING_ROLES}
-    with open(done_file, "w") as f:
-        json.dump({"options": options, "skipped": len(skipped), "excluded": excluded, "speakers": speakers,
-                   "counts": {s: len(r) for s, r in rows.items()}}, f, indent=1)
+    # written last and whole: its presence is what marks the preparation done
+    write_json(done_file, {"options": options, "skipped": len(skipped), "excluded": excluded, "speakers": speakers,
+                           "counts": {s: len(r) for s, r in rows.items()}}, indent=1)
     logger.info("prepare: %s; %d skipped, %d excluded", {s: len(r) for s, r in rows.items()}, len(skipped), excluded)
     return {**paths, "skipped": len(skipped), "excluded": excluded, "prepared": True}

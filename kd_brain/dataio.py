@@ -6,20 +6,32 @@ import soundfile as sf
 import speechbrain as sb
 import torch
 
+from kd_brain import validate
 from kd_brain.data import CorpusError
 
 logger = logging.getLogger(__name__)
 
 
-def read_audio(path):
-    """Reads a mono 16 kHz file as a float32 tensor (soundfile; no torchcodec needed)."""
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:
-        raise CorpusError(f"cannot read audio file {path}: {e}") from e
-    if sr != 16000:
-        raise CorpusError(f"{path}: sample rate {sr} Hz, expected 16000 Hz")
-    return torch.from_numpy(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0])
+def read_audio(path, utt_id=None):
+    """Reads a 16 kHz file as a mono float32 tensor (soundfile; no torchcodec needed).
+
+    A missing, unreadable or truncated file, another sample rate, no samples,
+    NaN or infinite samples, or digital silence is a CorpusError naming the
+    file and, when given, the utterance (``kd_brain.validate.read_checked``;
+    clipping is checked when a corpus is prepared, not here). Several
+    channels are averaged.
+
+    Example
+    -------
+    >>> import tempfile, os, numpy as np
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> sf.write(p, np.full(800, np.nan, dtype="float32"), 16000, subtype="FLOAT")
+    >>> read_audio(p, "u1")
+    Traceback (most recent call last):
+    ...
+    kd_brain.splits.CorpusError: utterance u1: ...a.wav has NaN or infinite samples
+    """
+    return torch.from_numpy(validate.read_checked(utt_id, path, dtype="float32", clipping=False))
 
 
 def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
@@ -28,7 +40,10 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
     Arguments
     ---------
     csv_path : str
-        Manifest with at least ``ID, duration, wav``.
+        Manifest with at least ``ID, wav`` (and ``duration`` for sorting),
+        checked before use (``kd_brain.validate.read_manifest``: encoding,
+        columns, field counts, unique IDs, durations, non-empty ``wrd``); a
+        fault is a CorpusError naming the file, line, column and utterance.
     tokenizer : kd_brain.tokenizer.Tokenizer, optional
         Needed for ``tokens``; left out for unlabelled manifests.
     sort_key : str, optional
@@ -41,19 +56,19 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
     >>> import tempfile, os, numpy as np
     >>> from kd_brain.data import write_csv
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "a.wav")
-    >>> sf.write(wav, np.zeros(16000, dtype="float32"), 16000)
+    >>> sf.write(wav, np.random.RandomState(0).randn(16000) * 0.1, 16000)
     >>> write_csv(os.path.join(d, "m.csv"), [dict(ID="a", duration=1.0, wav=wav)], ["ID", "duration", "wav"])
     >>> ds = make_dataset(os.path.join(d, "m.csv"))
     >>> ds[0]["sig"].shape
     torch.Size([16000])
     """
-    ds = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path)
+    ds = sb.dataio.dataset.DynamicItemDataset(validate.read_manifest(csv_path, ("ID", "wav")))
     keys = ["id", "sig"]
 
-    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.takes("id", "wav")
     @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav):
-        return read_audio(wav)
+    def audio_pipeline(utt_id, wav):
+        return read_audio(wav, utt_id)
 
     ds.add_dynamic_item(audio_pipeline)
     first = ds.data[ds.data_ids[0]] if len(ds) else {}
@@ -94,7 +109,8 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
     Arguments
     ---------
     manifests : list of str
-        CSV manifests with ``ID, duration, wav`` (and ``wrd`` when labelled).
+        CSV manifests with ``ID, duration, wav`` (and ``wrd`` when labelled),
+        checked as in ``make_dataset``; an ID in two of them is an error.
     tokenizer : kd_brain.tokenizer.Tokenizer
     contaminator : callable, optional
         ``(wav, utt_id) -> noisy wav`` of the same length.
@@ -105,14 +121,12 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
         Leave out rows without a transcript (criteria whose targets are
         transcripts: CTC, MWER); an error if none is left.
     """
-    from kd_brain.data import read_csv
-
     data = {}
     for path in manifests:
-        for row in read_csv(path):
-            if row["ID"] in data:
-                raise CorpusError(f"{path}: utterance {row['ID']} is also in another training manifest")
-            data[row["ID"]] = {"wav": row["wav"], "duration": float(row["duration"]), "wrd": row.get("wrd", "")}
+        for utt, row in validate.read_manifest(path, ("ID", "duration", "wav")).items():
+            if utt in data:
+                raise CorpusError(f"{path}: utterance {utt} is also in another training manifest")
+            data[utt] = {"wav": row["wav"], "duration": row["duration"], "wrd": row.get("wrd", "")}
     if labelled_only:
         n_all = len(data)
         data = {u: d for u, d in data.items() if d["wrd"]}
@@ -124,10 +138,10 @@ def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nb
     ds = sb.dataio.dataset.DynamicItemDataset(data)
     keys = ["id", "sig", "wrd", "tokens", "labelled"]
 
-    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.takes("id", "wav")
     @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav):
-        return read_audio(wav)
+    def audio_pipeline(utt_id, wav):
+        return read_audio(wav, utt_id)
 
     @sb.utils.data_pipeline.takes("wrd")
     @sb.utils.data_pipeline.provides("tokens", "labelled")

@@ -22,6 +22,7 @@ import torch
 from speechbrain.utils.distributed import main_process_only
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from kd_brain.atomic import atomic_open, write_json, write_text
 from kd_brain.brain import CTCBrain
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class EvalBrain(CTCBrain):
                                     [" ".join(h) for _, h in self.pairs[dec]])
             if abs(check - wer) > 1e-6:
                 raise RuntimeError(f"{self.condition}/{dec}: ErrorRateStats WER {wer} != jiwer WER {check}")
-            with open(os.path.join(out_dir, f"wer_{self.condition}_{dec}.txt"), "w") as f:
+            with atomic_open(os.path.join(out_dir, f"wer_{self.condition}_{dec}.txt")) as f:
                 self.metrics[dec].write_stats(f)
             scores[dec] = round(wer, 2)
             # per-utterance counts, so paired-bootstrap intervals can be recomputed (kd_brain.bootstrap)
@@ -130,8 +131,7 @@ def update_results(results_dir, model_name, scores):
     _write_json(path, table)
     _write_json(os.path.join(results_dir, "results.json"), headline_results(table))
     md = results_markdown(table)
-    with open(os.path.join(results_dir, "results.md"), "w") as f:
-        f.write(md)
+    write_text(os.path.join(results_dir, "results.md"), md)
     return md
 
 
@@ -152,9 +152,7 @@ def headline(scores):
 
 
 def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(path, obj, indent=1)  # all or nothing; a failed write (full disk) names the file
 
 
 def results_markdown(table):

@@ -12,7 +12,6 @@ The LM sees only the manifest it is given: ``build_lm`` refuses one without a
 ``wrd`` column, so the unlabelled pool's transcripts cannot reach it.
 """
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from collections import Counter
 
 import torch
 
+from kd_brain.atomic import atomic_open, write_json, write_text
 from kd_brain.data import built_with, read_transcripts
 from kd_brain.tokenizer import BLANK_ID
 
@@ -115,10 +115,7 @@ def write_arpa(sentences, path, order=3, discount=0.75):
             lines.append(row)
         lines.append("")
     lines.append("\\end\\")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")  # all or nothing; a failed write (full disk) names the file
 
 
 def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
@@ -138,14 +135,15 @@ def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
         logger.info("Language model in %s already built: skipped", out_dir)
         return out_dir
     os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(info):  # lm.json marks a finished build: gone until this one is finished
+        os.remove(info)
     write_arpa(sentences, os.path.join(out_dir, "words.arpa"), order, discount)
     pieces = tokenizer.vocab_list()
-    with open(os.path.join(out_dir, "lexicon.txt"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(out_dir, "lexicon.txt")) as f:
         for word in sorted({w for s in sentences for w in s}):
             spelling = [pieces[i] for i in tokenizer.encode(word) if pieces[i] != "\u2581"]
             f.write(f"{word}\t{' '.join(spelling)}\n")
-    with open(info, "w") as f:
-        json.dump(options, f, indent=1)
+    write_json(info, options, indent=1)
     logger.info("Built a %d-gram LM and lexicon of %d sentences in %s", order, len(sentences), out_dir)
     return out_dir
 

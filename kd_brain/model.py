@@ -13,7 +13,6 @@ against the store's metadata instead of assuming it.
 import torch
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from speechbrain.nnet.attention import RelPosEncXL
-from speechbrain.dataio.dataio import length_to_mask
 
 
 class Conv2dSubsampling(torch.nn.Module):
@@ -76,7 +75,9 @@ class ConformerEncoderWrapper(torch.nn.Module):
         With ``layer`` (1-based), also returns the output of that encoder layer.
         """
         abs_len = torch.round(lengths * x.shape[1]).long().clamp(min=1)
-        pad_mask = ~length_to_mask(abs_len, max_len=x.shape[1]).bool()
+        # True at padding; arange rather than speechbrain's length_to_mask, which TorchScript
+        # tracing cannot follow (kd_brain.export traces this model)
+        pad_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= abs_len[:, None]
         out, _, hidden = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=self.pos(x))
         return out if layer is None else (out, hidden[layer])
 

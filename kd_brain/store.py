@@ -57,6 +57,7 @@ the default: level 9 saves ~0.6 B/frame, but writing then costs 4.8% of the
 CPU teacher's forward pass instead of 2.6-3.0% (``bench/bench_extract.py``).
 """
 
+import contextlib
 import json
 import os
 import struct
@@ -66,6 +67,7 @@ import numpy as np
 import torch
 import zstandard
 
+from kd_brain.atomic import naming
 from kd_brain.store_codec import (QUANT_SCHEDULE, SIDE_TOP, _check_side, _level_table, _nearest_level_lut, _pack,
                                   _pack_side, _quantize)
 from kd_brain.store_files import (END_MAGIC, FORMAT_VERSION, META_FILE, SHARD_MAGIC, SHARD_RE, _atomic_write, _check,
@@ -304,12 +306,15 @@ class SoftLabelWriter:
             raise ValueError(f"{utt_id}: already stored in {self.store_dir}")
 
     def _append(self, utt_id, blob, frames):
-        if self._file is None:
-            self._file = open(self._path() + ".tmp", "wb")
-            self._file.write(SHARD_MAGIC)
-        self._broken = True  # until the write completes
-        offset = self._file.tell()
-        self._file.write(blob)
+        self._broken = True  # until the write completes; close() then drops the .tmp (never read)
+        try:
+            if self._file is None:
+                self._file = open(self._path() + ".tmp", "wb")
+                self._file.write(SHARD_MAGIC)
+            offset = self._file.tell()
+            self._file.write(blob)
+        except OSError as e:  # e.g. a full disk: name the shard (a failed write names no file)
+            raise naming(e, self._path()) from e
         self._broken = False
         self._entries.append((utt_id, offset, len(blob), zlib.crc32(blob), frames))
         self.stored_ids.add(utt_id)
@@ -329,11 +334,18 @@ class SoftLabelWriter:
         }
         footer = _pack_block({"meta": self.meta}, arrays)
         where = struct.pack("<QQ", footer_off, len(footer))
-        self._file.write(footer + where + struct.pack("<I", zlib.crc32(where)) + END_MAGIC)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._path() + ".tmp", self._path())
+        try:
+            self._file.write(footer + where + struct.pack("<I", zlib.crc32(where)) + END_MAGIC)
+            self._file.flush()
+            os.fsync(self._file.fileno())  # a full disk may only show here
+            self._file.close()
+            os.replace(self._path() + ".tmp", self._path())
+        except BaseException as e:  # the shard is lost, never half there: its records are redone on resume
+            self._broken = True
+            self.close()
+            if isinstance(e, OSError):
+                raise naming(e, self._path()) from e
+            raise
         self._file, self._entries, self._seq = None, [], self._seq + 1
 
     def close(self):
@@ -341,8 +353,10 @@ class SoftLabelWriter:
         if self._file is None:
             return
         if self._broken or not self._entries:  # half-written record: drop
-            self._file.close()
-            os.remove(self._path() + ".tmp")
+            with contextlib.suppress(OSError):  # flushing may fail again on a full disk: dropped anyway
+                self._file.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._path() + ".tmp")
             self._file, self._entries = None, []
             return
         self._finalize()

@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from kd_brain.atomic import write_bytes
+
 FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)  # format 2 (codebook as a uint16 list) is read, not appended to
 META_FILE = "meta.json"
@@ -78,12 +80,7 @@ def _unpack_block(buf, where):
 
 
 def _atomic_write(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes(path, data)  # all or nothing; a failed write (full disk) names the file
 
 
 # ---------------------------------------------------------------- shards

@@ -22,6 +22,7 @@ import speechbrain as sb
 import torch
 
 from kd_brain.brain import TeacherBrain
+from kd_brain.ddp import rank_share
 from kd_brain.losses import ctc_per_utt, pad_token_lists, word_errors
 from kd_brain.tokenizer import BLANK_ID
 
@@ -48,6 +49,25 @@ def check_frames(ids, student_frames, teacher_frames, tolerance):
             raise FrameMismatchError(
                 f"utterance {u}: student has {int(s)} output frames, the stored teacher labels {int(t)} "
                 f"(tolerance {tolerance})")
+
+
+def mwer_rank_loss(loss, ctc, ctc_weight, risk_share, ctc_share):
+    """This rank's MWER loss weighted so that the mean over ranks is the global batch's loss.
+
+    ``MWER`` averages its risk over the utterances whose N-best holds two
+    or more texts and its CTC over all of them: each term gets the share
+    (:func:`kd_brain.ddp.rank_share`) of its own count, not one share for the
+    sum, or a rank holding a single-hypothesis utterance weighed its risk by
+    the wrong count. ``ctc`` is the criterion's CTC term (mean over the
+    rank's utterances); the risk is what the loss holds beyond it.
+
+    Example
+    -------
+    >>> float(mwer_rank_loss(torch.tensor(1.5), torch.tensor(4.0), 0.25, 0.5, 1.0))
+    1.25
+    """
+    risk = loss - ctc_weight * ctc
+    return risk * risk_share + ctc_weight * ctc * ctc_share
 
 
 def abs_lengths(rel, max_len):
@@ -135,7 +155,17 @@ class StudentBrain(TeacherBrain):
             hyp_tokens.append([tokenizer.encode(h) for h in hyps])
             hyp_errors.append([word_errors(ref.split(), h.split()) for h in hyps])
         tokens, token_lens = batch.tokens
-        return criterion(log_probs, lens, hyp_tokens, hyp_errors, tokens, token_lens)
+        loss = criterion(log_probs, lens, hyp_tokens, hyp_errors, tokens, token_lens)
+        if not getattr(self, "distributed_launch", False):
+            return loss
+        # under DDP its two terms average over different counts: each gets its own share
+        weight = criterion.ctc_weight
+        ctc = (sb.nnet.losses.ctc_loss(log_probs.float(), tokens, lens, token_lens, blank_index=BLANK_ID)
+               if weight > 0 else loss * 0.0)  # the criterion's CTC term, recomputed (deterministic)
+        self.rank_weighted = True
+        n_risk = sum(len(h) >= 2 for h in hyp_tokens)  # the utterances MWER's risk averages over
+        return mwer_rank_loss(loss, ctc, weight, rank_share(n_risk, loss.device),
+                              rank_share(len(batch.id), loss.device))
 
     def _labelled_ctc(self, log_probs, lens, batch):
         """CTC on the utterances that have transcripts (labelled), averaged over them."""

@@ -6,12 +6,12 @@ space: ``vocab_size`` outputs, blank included.
 """
 
 import hashlib
-import json
 import logging
 import os
 
 import sentencepiece as spm
 
+from kd_brain.atomic import atomic_open, write_json
 from kd_brain.data import built_with, read_transcripts
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,10 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alp
         logger.info("Tokenizer %s.model already trained with the same options: skipped", prefix)
         return Tokenizer(prefix + ".model")
     os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(info):  # tokenizer.json marks a finished model: gone until this one is finished
+        os.remove(info)
     text_file = prefix + "_train.txt"
-    with open(text_file, "w", encoding="utf-8") as f:
+    with atomic_open(text_file) as f:
         f.writelines(r["wrd"] + "\n" for r in rows)
     # Characters: the alphabet as user symbols fixes the unit set. Sub-words: user symbols
     # would always be cut out as single pieces (no letter inside a longer piece), so the
@@ -102,6 +104,8 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alp
     letters = {"user_defined_symbols": list(alphabet or [])} if model_type == "char" else \
         {"required_chars": alphabet or ""}
     try:
+        # sentencepiece writes <prefix>.model itself (its bytes record the prefix: no temporary name);
+        # tokenizer.json, written after it, is what makes it trusted
         spm.SentencePieceTrainer.train(
             input=text_file, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
             character_coverage=character_coverage, pad_id=BLANK_ID, pad_piece="<blank>", unk_id=1,
@@ -110,6 +114,5 @@ def train_tokenizer(labelled_csv, out_dir, vocab_size, model_type="unigram", alp
     except RuntimeError as e:  # e.g. more units asked for than the transcripts hold
         raise ValueError(f"vocab_size={vocab_size}, token_type={model_type}: sentencepiece cannot train on "
                          f"{labelled_csv} ({len(rows)} transcripts): {str(e).split('] ')[-1]}") from e
-    with open(info, "w") as f:
-        json.dump(options, f, indent=1)
+    write_json(info, options, indent=1)
     return Tokenizer(prefix + ".model")

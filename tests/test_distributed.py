@@ -11,16 +11,32 @@ each share padded only to its own longest utterance (before
 ``kd_brain.ddp.pad_to_global_length``) the teacher's epoch-1 train loss was
 0.23% off; SpeechBrain's default split (whole batches per rank) takes half
 the steps on other batches.
+
+Also here: a 2-rank teacher killed (SIGKILL: torchrun and both ranks) after
+an intra-epoch checkpoint, then rerun, resumes at that step (SpeechBrain's
+``SaveableDataLoader`` skips the batches done; ``RankBatchSplitter`` needs
+nothing for that) and ends with the 1-process curve. Without the fixes it
+found, the rerun hung at the first intra-epoch save (the ranks' checkpoint
+deletions disagreed: ``kd_brain.brain.atomic_checkpoints``), and its epoch-1
+train loss was 5.1856 for 5.1939 (rank 0's running loss restored on every
+rank: ``TeacherBrain._save_intra_epoch_ckpt``). Sequence training (MWER, the
+teacher_seq stage) on 2 ranks gives the 1-process curve; its two terms take
+one share each (``kd_brain.student.mwer_rank_loss``).
 """
 
+import contextlib
 import csv
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+import yaml
 
 from kd_brain.ddp import RankBatchSplitter, float32_outputs, global_mean, rank_share
 from tests.conftest import REPO, TINY_ARCH, flow, load_recipe, overrides_argv, student_argv
@@ -42,7 +58,14 @@ def torchrun(script, argv, port, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(script), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hang (e.g. mismatched collectives): no ranks left behind
+        kill_tree(proc.pid)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun timed out after {timeout} s: " + stdout[-3000:] + stderr[-5000:])
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
@@ -88,6 +111,44 @@ def test_splitter_gives_each_utterance_of_each_batch_to_one_rank():
 
 def test_without_ddp_the_share_and_mean_change_nothing():
     assert rank_share(7) == 1.0 and global_mean(0.25) == 0.25
+
+
+def test_mwer_rank_shares_give_the_global_batch_loss():
+    """MWER's risk and CTC average over different utterances (the risk skips 1-hypothesis N-bests): with
+    one share per term the mean over 2 simulated ranks is the 1-process loss and gradient; the single
+    utterance-count share was off."""
+    import speechbrain as sb
+
+    from kd_brain.losses import MWER
+    from kd_brain.student import mwer_rank_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8, 5, requires_grad=True)
+    lens = torch.tensor([1.0, 0.75, 1.0])
+    hyps = [[[1, 2], [1, 3]], [[2]], [[3, 1], [4], [1]]]  # utterance 1: a single hypothesis
+    errs = [[0, 1], [1], [2, 1, 0]]
+    refs, ref_lens = torch.tensor([[1, 2], [2, 0], [1, 0]]), torch.tensor([1.0, 0.5, 0.5])
+    mwer = MWER(ctc_weight=0.3)
+
+    def loss_of(idx):
+        lp = logits[idx].log_softmax(-1)
+        loss = mwer(lp, lens[idx], [hyps[i] for i in idx], [errs[i] for i in idx], refs[idx], ref_lens[idx])
+        ctc = sb.nnet.losses.ctc_loss(lp, refs[idx], lens[idx], ref_lens[idx], blank_index=0)
+        return loss, ctc, sum(len(hyps[i]) >= 2 for i in idx)
+
+    full = loss_of([0, 1, 2])[0]
+    (grad_full,) = torch.autograd.grad(full, logits)
+    shares = [[0, 2], [1]]  # RankBatchSplitter's shares of the batch on 2 ranks
+    per_rank, old = [], []
+    for idx in shares:  # rank_share: N c / C, C = 2 utterances with a risk, 3 in all
+        loss, ctc, n_risk = loss_of(idx)
+        per_rank.append(mwer_rank_loss(loss, ctc, mwer.ctc_weight, 2 * n_risk / 2, 2 * len(idx) / 3))
+        old.append(loss * 2 * len(idx) / 3)  # one share, of its utterances (before mwer_rank_loss)
+    mean = sum(per_rank) / 2
+    (grad_mean,) = torch.autograd.grad(mean, logits)
+    assert mean.item() == pytest.approx(full.item(), rel=1e-6)
+    assert torch.allclose(grad_mean, grad_full, atol=1e-6)
+    assert (sum(old) / 2).item() != pytest.approx(full.item(), rel=1e-3)
 
 
 def test_output_layers_are_float32_under_bf16_autocast():
@@ -140,6 +201,97 @@ def test_teacher_two_ranks_match_one_then_resume(tiny_corpus, one_rank_teacher, 
     assert wer["ddp_teacher"] == pytest.approx(one_wer, abs=1e-6)
 
 
+def newest_checkpoint(save):
+    """(folder, CKPT.yaml meta) of the newest complete checkpoint in ``save`` (None if there is none)."""
+    ckpts = []
+    for d in save.glob("CKPT*"):
+        try:
+            ckpts.append((d, yaml.safe_load((d / "CKPT.yaml").read_text())))
+        except (FileNotFoundError, NotADirectoryError):  # unfinished, or deleted by the running job meanwhile
+            pass
+    return max(ckpts, key=lambda c: c[1]["unixtime"], default=None)
+
+
+def _processes():
+    """{pid: (state, ppid)} of the live processes (from /proc)."""
+    out = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # state, ppid, ...
+        except OSError:
+            continue
+        out[int(stat.split("/")[2])] = (fields[0], int(fields[1]))
+    return out
+
+
+def kill_tree(pid, timeout=60):
+    """SIGKILLs ``pid`` and every process under it, then waits until none is left alive.
+
+    torchrun starts each rank in a session of its own (``start_new_session``), so killing torchrun's
+    process group leaves the ranks running (holding the folder's lock); a node lost, or a scheduler
+    killing the job, takes them all. SIGKILL is delivered, not awaited: a dying rank still holds files.
+    Zombies count as gone (they hold none).
+    """
+    procs, tree = _processes(), {pid}
+    while True:
+        more = {p for p, (_, ppid) in procs.items() if ppid in tree} - tree
+        if not more:
+            break
+        tree |= more
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    deadline = time.time() + timeout
+    while any(p in tree and state != b"Z" for p, (state, _) in _processes().items()):
+        if time.time() > deadline:
+            raise TimeoutError(f"processes {sorted(tree)} still running {timeout} s after SIGKILL")
+        time.sleep(0.05)
+
+
+def test_teacher_two_ranks_resume_mid_epoch(tiny_corpus, one_rank_teacher, tmp_path):
+    """torchrun killed (SIGKILL, the whole group) after an intra-epoch checkpoint; the same command resumes
+    at that step and ends with the uninterrupted 1-process curve: one row per epoch, one results row."""
+    argv = teacher_argv(tiny_corpus, tmp_path, 2, "--ckpt_interval_steps=1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534", str(TRAIN),
+           *argv]
+    save = tmp_path / "ddp_teacher" / "save"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "killed_run.log", "w")  # a file: a full pipe would block the run
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    try:
+        while True:  # until the first intra-epoch checkpoint is complete
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail("no intra-epoch checkpoint: " + (tmp_path / "killed_run.log").read_text()[-3000:])
+            found = newest_checkpoint(save) if save.is_dir() else None
+            if found and not found[1]["end-of-epoch"]:
+                break
+            time.sleep(0.02)
+    finally:
+        kill_tree(proc.pid)  # torchrun and both ranks, at once
+        proc.wait()
+        log.close()
+    ckpt, meta = newest_checkpoint(save)  # what the rerun must load (a save cut short is not one)
+    assert not meta["end-of-epoch"], "killed too late: epoch 1 had ended"
+    step = yaml.safe_load((ckpt / "brain.ckpt").read_text())["step"]
+    assert (ckpt / "counter.ckpt").read_text().strip() == "1" and step >= 1
+    assert (ckpt / "dataloader-TRAIN.ckpt").read_text().strip() == str(step)  # batches done: skipped on resume
+    assert (ckpt / "rng.ckpt.rank1").exists()  # every rank's random state, not rank 0's only
+    assert not (tmp_path / "ddp_teacher" / "curve.csv").exists()
+    print(f"killed in epoch 1 after step {step}; rerun resumes from {ckpt.name}")
+
+    out = torchrun(TRAIN, argv, port=29535)
+    assert f"Loading a checkpoint from {ckpt}" in out.stdout + out.stderr
+    two = curve(tmp_path / "ddp_teacher")
+    assert [r["epoch"] for r in two] == ["1", "2"]
+    assert_same_losses(curve(one_rank_teacher / "ddp_teacher"), two)  # re-seen or skipped batches would show
+    rows = results_rows(tmp_path, "ddp_teacher")  # one row per decoder, once: the 1-process rows
+    assert len(rows) == len(set(rows)) and [r.split("|")[2] for r in rows] == [
+        r.split("|")[2] for r in results_rows(one_rank_teacher, "ddp_teacher")]
+    assert list(json.loads((tmp_path / "results.json").read_text())["wer"]) == ["ddp_teacher"]
+
+
 # ---------------------------------------------------------------- student: 2 ranks = 1 rank (noise too)
 
 def ddp_student_argv(exp, name, *extra):
@@ -154,6 +306,19 @@ def test_student_two_ranks_match_one(kd_exp):
     torchrun(TRAIN, ddp_student_argv(kd_exp, "ddp_st2"), port=29533)
     assert_same_losses(curve(kd_exp / "ddp_st1"), curve(kd_exp / "ddp_st2"))
     assert len(results_rows(kd_exp, "ddp_st2")) == len(results_rows(kd_exp, "ddp_st1"))
+
+
+def test_sequence_training_two_ranks_match_one(kd_exp):
+    """MWER from the teacher on labelled clean audio (the teacher_seq stage): each rank's N-best of its
+    share, the 1-process loss."""
+    seq = ["--criterion=mwer", "--init_from=teacher", "--train_splits=[labelled]", "--contaminate=False"]
+    load_recipe("train").main(ddp_student_argv(kd_exp, "ddp_seq1", *seq))
+    torchrun(TRAIN, ddp_student_argv(kd_exp, "ddp_seq2", *seq), port=29536)
+    one, two = curve(kd_exp / "ddp_seq1"), curve(kd_exp / "ddp_seq2")
+    assert [r["epoch"] for r in two] == ["1"]
+    assert_same_losses(one, two)
+    rows = results_rows(kd_exp, "ddp_seq2")
+    assert len(rows) == len(set(rows)) == len(results_rows(kd_exp, "ddp_seq1"))
 
 
 # ---------------------------------------------------------------- bf16 (CPU autocast)

@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import soundfile as sf
 
+from kd_brain.atomic import atomic_open, write_json, write_wav
+
 from .grammar import Grammar, overlap_rate
 from .music import synth_music
 from .tts import ENGINES, Speaker, Synthesizer, detect_engines, make_speakers, speaker_dict
@@ -41,18 +43,13 @@ FIRST_GUESS_UTT_SECONDS = 3.0  # only sizes the first batch; later batches use m
 
 
 def _write_wav(path, audio):
-    """Atomic 16-bit WAV write (temporary name, then rename)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".part"
-    sf.write(tmp, np.clip(audio, -1, 1), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    """Atomic 16-bit WAV write (temporary name, then rename; a failed write names the file)."""
+    write_wav(path, np.clip(audio, -1, 1), SAMPLE_RATE)
 
 
 def _write_text(path, lines):
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
 
 
 def plan_utterance(grammar, speakers, split, index, seed, engine_weights):
@@ -240,12 +237,10 @@ def _generate_noise(runner, out_dir, speakers, n_music, n_talk, seed, warnings):
     os.makedirs(os.path.join(out_dir, "noise"), exist_ok=True)
     import csv
 
-    tmp = os.path.join(out_dir, "noise", "noise.csv.part")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(os.path.join(out_dir, "noise", "noise.csv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=NOISE_CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, "noise", "noise.csv"))
     logger.info("noise: %d music and %d talk clips", len(music), len(talk))
     return rows
 
@@ -261,10 +256,8 @@ def _check_options(out_dir, options):
             raise ValueError(f"{path}: the corpus in {out_dir} was generated with other settings ({changed}: "
                              f"{[old.get(k) for k in changed]} -> {[options.get(k) for k in changed]}); "
                              "use another output directory or delete this one")
-    else:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(options, f, indent=1, sort_keys=True)
+    else:  # atomic: a run killed while writing it left a truncated file that stopped every rerun
+        write_json(path, options, indent=1, sort_keys=True)
 
 
 def generate_corpus(
@@ -360,10 +353,7 @@ def generate_corpus(
     info = _corpus_info(out_dir, hours, seed, found, warnings, speakers, plans, stats, grammar, noise_rows,
                         time.perf_counter() - t0, num_workers)
     _keep_earlier_speeds(os.path.join(out_dir, "corpus_info.json"), info)
-    tmp = os.path.join(out_dir, "corpus_info.json.part")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "corpus_info.json"))
+    write_json(os.path.join(out_dir, "corpus_info.json"), info, indent=1)
     logger.info("corpus in %s: %s h train, %s h test, speakers %s, test-in-train sentences %.1f%%",
                 out_dir, info["hours"]["train"], info["hours"]["test"], info["speakers"],
                 100 * info["test_in_train_sentence_rate"])

@@ -26,10 +26,12 @@ from hyperpyyaml import load_hyperpyyaml
 from kd_brain.dataio import make_dataset
 from kd_brain.ddp import default_backend, with_options
 from kd_brain.extract import ExtractBrain, NBestSearcher, extract, store_meta
+from kd_brain.lock import releases_locks, take_lock
 from kd_brain.modeldir import load_label_source
 from kd_brain.store import SoftLabelWriter, merge_index
 
 
+@releases_locks
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     run_opts = default_backend(run_opts)
@@ -38,6 +40,7 @@ def main(argv):
         run_opts = with_options(run_opts, eval_precision=run_opts.precision)
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
+    take_lock(hp["exp_folder"])  # one run per folder (passes under run.py; rank 0 only under torchrun)
     sb.utils.distributed.ddp_init_group(run_opts)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     thp, origin, best, tokenizer = load_label_source(hp["teacher_dir"])

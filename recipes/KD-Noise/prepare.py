@@ -17,6 +17,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 from kd_brain.conditions import CONDITIONS, write_conditions
+from kd_brain.lock import releases_locks, take_lock
 from kd_brain.rooms import simulate_room_bank
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +29,12 @@ def load(path, overrides):
         return load_hyperpyyaml(f, overrides, overrides_must_match=False)
 
 
+@releases_locks
 def main(argv):
     teacher_yaml, student_yaml, *rest = argv
     _, _, overrides = sb.parse_arguments([teacher_yaml] + rest)
     thp, shp = load(teacher_yaml, overrides), load(student_yaml, overrides)
+    take_lock(thp["exp_folder"])  # one run per folder (passes under run.py)
     prepare(thp)
     mix = shp["contaminator"].keywords
     rooms = shp["train_rooms"]  # the simulated bank, or an RIR manifest with a split column (RIRS_NOISES)

@@ -38,6 +38,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+from kd_brain.atomic import write_json, write_text  # noqa: E402
+from kd_brain.lock import held_fds, releases_locks, take_lock  # noqa: E402
+
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 R = "recipes/KD-Noise"
 CORPORA = ["synthetic", "speechocean762", "librispeech"]
@@ -230,11 +234,11 @@ def run_stage(run, name, argv, extra, force, nproc=1):
     shown, launch = launcher(argv, nproc)
     print(f"\n=== stage {name}: {shown} {' '.join(argv)}", flush=True)
     t0 = time.time()
-    subprocess.run(launch + argv, cwd=REPO, check=True)
+    # the stage shares run.py's folder lock: killed alone, run.py leaves the folder locked while it runs on
+    subprocess.run(launch + argv, cwd=REPO, check=True, pass_fds=held_fds())
     seconds = round(time.time() - t0)
-    os.makedirs(os.path.dirname(done), exist_ok=True)
-    with open(done, "w") as f:
-        json.dump({"seconds": seconds, "command": f"{shown} " + " ".join(argv), "commit": commit()}, f)
+    # all or nothing: a kill while writing never leaves a half .done that marks the stage finished
+    write_json(done, {"seconds": seconds, "command": f"{shown} " + " ".join(argv), "commit": commit()})
     print(f"=== stage {name} done in {seconds} s", flush=True)
 
 
@@ -265,10 +269,9 @@ def report(exp, runs, order):
         lines += [f"  - {name} ({v['seconds']} s, commit {v.get('commit', '?')}): `{v['command']}`"
                   for name, v in log.items()]
     name = "paper_table" if len(runs) == 1 else f"paper_table_{len(runs)}seeds"
-    with open(os.path.join(REPO, exp, name + ".md"), "w") as f:
-        f.write(table + "\n".join(lines) + "\n")
-    with open(os.path.join(REPO, exp, name + ".json"), "w") as f:
-        json.dump({**summary, "stages": logs, "report_commit": commit()}, f, indent=1)
+    write_text(os.path.join(REPO, exp, name + ".md"), table + "\n".join(lines) + "\n")
+    write_json(os.path.join(REPO, exp, name + ".json"), {**summary, "stages": logs, "report_commit": commit()},
+               indent=1)
     bar_chart(results, MODELS, conds, os.path.join(REPO, exp, name + ".png"))
     seeds = f", {len(results)} seeds" if len(results) > 1 else ""
     print(f"\nWER (%) on {exp}{seeds} (headline decoder: word n-gram if configured, else beam; "
@@ -278,6 +281,7 @@ def report(exp, runs, order):
               f"total {sum(v['seconds'] for v in log.values())} s")
 
 
+@releases_locks
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="synthetic", choices=CORPORA)
@@ -298,6 +302,9 @@ def main():
     args, extra = parser.parse_known_args()
     extra = unit_overrides(args.units, extra)
     exp = args.exp or default_exp(args.corpus, args.units)
+    # One run per experiment folder: a second run.py (or a stage started by hand) on it is refused;
+    # the stages this one starts pass (they descend from the lock's owner). Released at exit.
+    take_lock(os.path.join(REPO, exp))
     if args.corpus == "speechocean762" and not os.path.isdir(SHARED):
         sys.exit(f"{SHARED} not found: the real bed needs ../shared/data beside the repository")
     if args.corpus == "librispeech":

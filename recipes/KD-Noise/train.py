@@ -42,6 +42,7 @@ from kd_brain.data import prepare_corpus
 from kd_brain.ddp import RankBatchSplitter, default_backend, rank, world_size
 from kd_brain.dataio import contaminator_item, make_dataset, make_student_dataset
 from kd_brain.evaluate import EvalBrain, evaluate_conditions, update_results
+from kd_brain.lock import releases_locks, take_lock
 from kd_brain.modeldir import (best_checkpoint, lm_decoder, lm_settings, load_tokenizer, nbest_searcher,
                               origin_config, split_manifest)
 from kd_brain.store import SoftLabelStore
@@ -176,11 +177,13 @@ def condition_sets(hp, tokenizer, data_folder):
     return {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}
 
 
+@releases_locks
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     run_opts = default_backend(run_opts)  # gloo under torchrun without CUDA
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
+    take_lock(hp["exp_folder"])  # one run per folder (passes under run.py; rank 0 only under torchrun)
     if hp.get("num_threads"):
         torch.set_num_threads(hp["num_threads"])
     sb.utils.distributed.ddp_init_group(run_opts)
