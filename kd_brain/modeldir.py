@@ -119,19 +119,20 @@ def best_checkpoint(checkpointer, what):
     return best
 
 
-def load_label_source(model_dir):
+def load_label_source(model_dir, what=None):
     """A trained model folder ready to label data: ``(config, origin config, best checkpoint, tokenizer)``.
 
     The model and its thread count come from the folder's own config, data
     folder and units from its origin; the checkpoint is the lowest-dev-WER one
-    (extraction and pseudo-labelling both load exactly this one).
+    (extraction, pseudo-labelling and transcription all load exactly this
+    one). ``what`` names the folder in the error when it has no checkpoint.
     """
     import torch
 
     cfg, origin = saved_config(model_dir), origin_config(model_dir)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg["num_threads"])
-    best = best_checkpoint(cfg["checkpointer"], f"teacher_dir={model_dir}")
+    best = best_checkpoint(cfg["checkpointer"], what or f"teacher_dir={model_dir}")
     return cfg, origin, best, load_tokenizer(origin, cfg["model"].vocab_size)
 
 

@@ -14,7 +14,6 @@ user's 44.1 kHz stereo recording needs no preparation; what cannot be read
 is an error naming the file (and the utterance, for a manifest row).
 """
 
-import csv
 import logging
 import os
 
@@ -125,18 +124,15 @@ def read_inputs(paths):
 
 
 def _read_manifest(path):
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise CorpusError(f"cannot read manifest {path}: {e}") from e
-    if not rows or not {"ID", "wav"} <= set(rows[0]):
-        raise CorpusError(f"{path}: a manifest needs a header with ID and wav columns and at least one row")
+    """A manifest's ``[(ID, audio path, wrd or None)]``, checked by :func:`kd_brain.validate.read_manifest`;
+    relative paths and speechbrain's ``$data_root`` resolve against the manifest's folder."""
+    from kd_brain.validate import read_manifest
+
     base = os.path.dirname(os.path.abspath(path))
     out = []
-    for row in rows:
-        wav = row["wav"].replace("$data_root", base)  # speechbrain's placeholder
-        out.append((row["ID"], wav if os.path.isabs(wav) else os.path.join(base, wav), row.get("wrd")))
+    for utt, row in read_manifest(path).items():
+        wav = row["wav"].replace("$data_root", base)
+        out.append((utt, wav if os.path.isabs(wav) else os.path.join(base, wav), row.get("wrd")))
     return out
 
 
@@ -223,17 +219,16 @@ def load_model(model_dir, device="cpu"):
     and ``save/``); the units and LM come from the teacher config at the end
     of its ``teacher_dir`` chain (:mod:`kd_brain.modeldir`).
     """
-    from kd_brain.modeldir import best_checkpoint, load_tokenizer, origin_config, saved_config
+    from kd_brain.modeldir import load_label_source
 
-    cfg, origin = saved_config(model_dir), origin_config(model_dir)
-    best = best_checkpoint(cfg["checkpointer"], f"model folder {model_dir}")
+    cfg, origin, best, tokenizer = load_label_source(model_dir, what=f"model folder {model_dir}")
     model = cfg["model"]
     state = torch.load(best.paramfiles["model"], map_location=device, weights_only=True)
     model.load_state_dict(state)
     cfg["normalize"]._load(best.paramfiles["normalize"])  # speechbrain's own loader (weights_only inside)
     logger.info("%s: checkpoint %s (dev WER %s)", model_dir, best.path, best.meta.get("WER"))
     acoustic = AcousticModel(cfg["compute_features"], cfg["normalize"], model).to(device).eval()
-    return acoustic, load_tokenizer(origin, model.vocab_size), origin
+    return acoustic, tokenizer, origin
 
 
 def recogniser(model_dir, decoder="lm", beam_size=10, device="cpu"):

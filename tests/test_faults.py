@@ -8,7 +8,7 @@ end and compares the outputs with an uninterrupted run's: the bytes of every
 file where the stage is deterministic (a killed writer's temporary files,
 lock files and logs aside), and for training the checkpoints (parameters,
 optimizer, scheduler, step counters), the scores and the learning curve. The
-default suite kills each stage once; ``-m slow`` runs 10 trials per stage.
+default suite runs 2 trials per stage (1-2 kills each); ``-m slow`` runs 10 trials per stage.
 Full disks and the folder lock: tests/test_faults_disk.py.
 """
 
@@ -309,23 +309,28 @@ def kill_trials(tmp, spec, n_trials, max_kills, label, seed=None):
     return summary
 
 
-# ---------------------------------------------------------------- default suite: one trial per stage
+# ---------------------------------------------------------------- default suite: a few trials per stage
+DEFAULT_TRIALS = 2  # 1-2 kills each; ``-m slow`` runs 10 trials of 1-3 kills
 
 
 def test_corpus_generation_killed_resumes_identically(tmp_path):
-    kill_trials(tmp_path, corpus_stage(tmp_path), 1, 1, "corpus")
+    kill_trials(tmp_path, corpus_stage(tmp_path), DEFAULT_TRIALS, 2, "corpus")
 
 
 def test_prepare_killed_resumes_identically(tmp_path, tiny_corpus):
-    kill_trials(tmp_path, prepare_stage(tmp_path, tiny_corpus), 1, 1, "prepare")
+    kill_trials(tmp_path, prepare_stage(tmp_path, tiny_corpus), DEFAULT_TRIALS, 2, "prepare")
 
 
 def test_teacher_training_killed_resumes_to_the_same_parameters_and_wer(tmp_path, tiny_corpus):
-    kill_trials(tmp_path, teacher_stage(tmp_path, tiny_corpus, epochs=1), 1, 1, "teacher")
+    kill_trials(tmp_path, teacher_stage(tmp_path, tiny_corpus, epochs=1), DEFAULT_TRIALS, 2, "teacher")
+
+
+def test_student_training_killed_resumes_to_the_same_parameters_and_wer(tmp_path, kd_exp):
+    kill_trials(tmp_path, student_stage(tmp_path, kd_exp, epochs=1), DEFAULT_TRIALS, 2, "student")
 
 
 def test_extraction_killed_resumes_to_the_same_store_bytes(tmp_path, tiny_teacher):
-    kill_trials(tmp_path, extract_stage(tmp_path, tiny_teacher), 1, 1, "extract")
+    kill_trials(tmp_path, extract_stage(tmp_path, tiny_teacher), DEFAULT_TRIALS, 2, "extract")
 
 
 # ---------------------------------------------------------------- slow: 10 trials per stage, 1-3 kills each
