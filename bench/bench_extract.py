@@ -2,7 +2,7 @@
 """Extraction cost: teacher forward alone vs forward + top-k + write, and 2 ranks vs 1.
 
 The teacher is the CPU config of ``hparams/teacher.yaml`` (4-layer conformer,
-d = 144, 30 units), randomly initialised: only time is measured here. Its
+d = 144, 256 unigram units), randomly initialised: only time is measured here. Its
 input is 160 real utterances of the shared bed (speechocean762, ~8 min of
 audio, converted to WAV before timing); without ../shared, white noise of the
 same lengths. Both kinds of pass run through ``ExtractBrain.evaluate`` over
@@ -95,12 +95,27 @@ def make_manifest(folder):
     return path, sum(r["duration"] for r in rows), bool(sources)
 
 
-def char_tokenizer(folder):
-    """The CPU config's 30 units (26 letters, apostrophe, word boundary, <unk>, blank)."""
-    rows = [{"ID": str(i), "wrd": "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG'S BACK"} for i in range(20)]
+def subword_tokenizer(folder, vocab_size):
+    """A unigram tokenizer of the teacher's size (the CPU config: 256 units, blank included).
+
+    Trained on the shared bed's training transcripts, or without the bed on a
+    seeded list of made-up words: its ids must cover every output the random
+    teacher emits, or the N-best decode fails (piece id out of range).
+    """
+    text = os.path.join(SPEECH, "train", "text")
+    if os.path.exists(text):
+        with open(text) as f:
+            lines = [line.split(maxsplit=1)[1].strip().upper() for line in f if len(line.split()) > 1]
+    else:
+        rng = np.random.default_rng(0)
+        words = ["".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), rng.integers(2, 9))) for _ in range(3000)]
+        lines = [" ".join(rng.choice(words, 8)) for _ in range(2000)]
+    rows = [{"ID": str(i), "wrd": line} for i, line in enumerate(lines)]
     write_csv(os.path.join(folder, "text.csv"), rows, ["ID", "wrd"])
-    return train_tokenizer(os.path.join(folder, "text.csv"), folder, vocab_size=30, model_type="char",
-                           alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    tokenizer = train_tokenizer(os.path.join(folder, "text.csv"), folder, vocab_size=vocab_size,
+                                model_type="unigram", alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    assert tokenizer.vocab_size == vocab_size, (tokenizer.vocab_size, vocab_size)
+    return tokenizer
 
 
 def teacher_brain(folder, brain_class, nbest=0, run_opts=None):
@@ -112,7 +127,8 @@ def teacher_brain(folder, brain_class, nbest=0, run_opts=None):
         for i in range(4):
             hp["normalize"](hp["compute_features"](dataset[i]["sig"][None]), torch.ones(1), epoch=0)
     if nbest:
-        hp.update(nbest=nbest, nbest_searcher=NBestSearcher(char_tokenizer(folder), nbest, beam_size=8))
+        tokenizer = subword_tokenizer(folder, hp["model"].vocab_size)
+        hp.update(nbest=nbest, nbest_searcher=NBestSearcher(tokenizer, nbest, beam_size=8))
     opts = {"device": "cpu", **(run_opts or {})}
     return brain_class(modules=hp["modules"], hparams=hp, run_opts=opts), hp["model"].vocab_size
 

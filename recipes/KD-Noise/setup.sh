@@ -11,4 +11,4 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
 else
   echo "setup: not root or no apt-get: espeak-ng/flite not installed; the synthetic corpus uses the pip TTS engine only"
 fi
-python3 -m pip install -q -e '.[test,tts]'
+python3 -m pip install -q -e '.[test,tts,bench]'
