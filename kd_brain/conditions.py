@@ -185,7 +185,7 @@ def write_conditions(
         Noise manifest and the root of its relative paths (see ``NoisePool.from_csv``).
     room_bank : str
         Room bank file (``kd_brain.rooms.simulate_room_bank``) or an RIR manifest with a ``split``
-        column (``kd_brain.public_noise.export_simulated_rirs``); its test rooms are used.
+        column (``kd_brain.public_rirs.export_simulated_rirs``); its test rooms are used.
     rir_csv, rir_root : str
         Measured RIR manifest (``ID, duration, path, room``) and its root, for ``rerecorded``.
     conditions : sequence of str

@@ -145,6 +145,24 @@ class FrameKD(torch.nn.Module):
                                              "extract with side_temperatures set")
             self.side_column = side_column(meta, self.temperature, store_dir)
 
+    def frame_weights(self, lens, teacher_idx, teacher_logp):
+        """Each frame's weight in the loss's mean [B, F]: 0 on padding, ``blank_weight`` on
+        blank-dominated frames, else 1 (their sum is what the loss averages over, e.g. under DDP).
+
+        Example
+        -------
+        >>> idx = torch.tensor([[[0, 1], [2, 0], [0, 1]]])
+        >>> logp = torch.log(torch.tensor([[[0.95, 0.05], [0.6, 0.4], [0.5, 0.5]]]))
+        >>> FrameKD(blank_weight=0.5).frame_weights(torch.tensor([1.0]), idx, logp)
+        tensor([[0.5000, 1.0000, 1.0000]])
+        """
+        weight = length_mask(lens, teacher_idx.shape[1]).float()
+        if self.blank_weight != 1.0:  # else the weights are the mask itself: the loss is unchanged
+            # the stored list is sorted, so a blank above any threshold >= 0.5 is its first entry (drawn, if sampled)
+            blank = (teacher_idx[..., 0] == BLANK_ID) & (teacher_logp[..., 0].exp() >= self.blank_threshold)
+            weight = weight * torch.where(blank, self.blank_weight, 1.0)
+        return weight
+
     def forward(self, student_logp, lens, teacher_idx, teacher_logp, side=None):
         """Student log-probs [B, F, V], relative lengths [B], the stored [B, F, K] indices and
         T = 1 log-probs, and (``tail``, ``sampled``) the side array [B, F, n_T]."""
@@ -171,11 +189,7 @@ class FrameKD(torch.nn.Module):
             s = side[..., self.side_column].to(student_logp.dtype)
             fn = tail_kl if self.target == "tail" else sampled_kl
             per_frame = fn(student_logp, teacher_idx, teacher_logp, s, T, self.k or K)
-        weight = length_mask(lens, student_logp.shape[1]).to(per_frame.dtype)
-        if self.blank_weight != 1.0:  # else the weights are the mask itself: the loss is unchanged
-            # the stored list is sorted, so a blank above any threshold >= 0.5 is its first entry (drawn, if sampled)
-            blank = (teacher_idx[..., 0] == BLANK_ID) & (teacher_logp[..., 0].exp() >= self.blank_threshold)
-            weight = weight * torch.where(blank, self.blank_weight, 1.0).to(weight.dtype)
+        weight = self.frame_weights(lens, teacher_idx, teacher_logp).to(per_frame.dtype)
         # the weight sum is a frame count when blank_weight = 1; else 0 only if every weight is
         denom = weight.sum().clamp_min(1.0 if self.blank_weight == 1.0 else 1e-12)
         loss = (per_frame * weight).sum() / denom

@@ -320,7 +320,7 @@ class MeasuredRIRs:
         Resample RIRs at another rate with torchaudio instead of refusing them.
     split : "train", "test" or None
         Keep only rows of this ``split`` column value (a manifest whose rooms are held out
-        like the room bank's, e.g. ``kd_brain.public_noise.export_simulated_rirs``); None: all.
+        like the room bank's, e.g. ``kd_brain.public_rirs.export_simulated_rirs``); None: all.
 
     Example
     -------

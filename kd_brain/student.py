@@ -23,7 +23,7 @@ import torch
 
 from kd_brain.brain import TeacherBrain
 from kd_brain.ddp import rank_share
-from kd_brain.losses import ctc_per_utt, pad_token_lists, word_errors
+from kd_brain.losses import ctc_per_utt, word_errors
 from kd_brain.tokenizer import BLANK_ID
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,20 @@ def mwer_rank_loss(loss, ctc, ctc_weight, risk_share, ctc_share):
     >>> float(mwer_rank_loss(torch.tensor(1.5), torch.tensor(4.0), 0.25, 0.5, 1.0))
     1.25
     """
-    risk = loss - ctc_weight * ctc
-    return risk * risk_share + ctc_weight * ctc * ctc_share
+    return shared_sum(loss - ctc_weight * ctc, risk_share, ctc_weight * ctc, ctc_share)
+
+
+def shared_sum(first, first_share, second, second_share):
+    """``first * first_share + second * second_share``: two loss terms, each weighted by this rank's
+    share (:func:`kd_brain.ddp.rank_share`) of the units it averages over, so that DDP's mean over
+    ranks is the global batch's loss (MWER's risk and CTC; KD and the labelled CTC of ``ctc_weight``).
+
+    Example
+    -------
+    >>> float(shared_sum(torch.tensor(2.0), 0.5, torch.tensor(1.0), 1.5))
+    2.5
+    """
+    return first * first_share + second * second_share
 
 
 def abs_lengths(rel, max_len):
@@ -107,9 +119,17 @@ class StudentBrain(TeacherBrain):
             raise ValueError(f"criterion={name!r}: choose one of {sorted(self.hparams.criteria)}")
         loss = getattr(self, f"_loss_{name}")(self.hparams.criteria[name], log_probs, lens, batch)
         weight = getattr(self.hparams, "ctc_weight", 0.0)
-        if weight > 0 and name not in ("ctc", "mwer"):
-            loss = loss + weight * self._labelled_ctc(log_probs, lens, batch)
-        return loss
+        if weight == 0 or name in ("ctc", "mwer"):
+            return loss
+        ctc = self._labelled_ctc(log_probs, lens, batch)
+        if not getattr(self, "distributed_launch", False):
+            return loss + weight * ctc
+        # under DDP the KD term averages over frames (frame) or utterances (sequence), the CTC
+        # term over labelled utterances: a rank's share of one is not its share of the other
+        self.rank_weighted = True
+        kd_count = len(batch.id) if self.share_count is None else self.share_count
+        n_labelled = int(batch.labelled.data[:, 0].sum())
+        return shared_sum(loss, rank_share(kd_count, loss.device), weight * ctc, rank_share(n_labelled, loss.device))
 
     def _loss_frame(self, criterion, log_probs, lens, batch):
         idx, t_lens = batch.kd_idx
@@ -121,10 +141,11 @@ class StudentBrain(TeacherBrain):
         # frames valid for both: the shorter of the two lengths, as a fraction of T
         n_common = torch.minimum(s_frames, t_frames).clamp(max=T)
         common = n_common.float() / T
-        # FrameKD averages over frames: under DDP a rank's share of the batch is its frames
-        # (exact with blank_weight 1; with other weights, frames approximate the weight sum)
-        self.share_count = int(n_common.sum())
         args = (log_probs[:, :T], common, idx[:, :T].long(), logp[:, :T].float())
+        # FrameKD averages over its frame weights: under DDP a rank's share of the batch is their sum
+        # (its frames, unless blank_weight down-weights blank-dominated ones)
+        self.share_count = (int(n_common.sum()) if getattr(criterion, "blank_weight", 1.0) == 1.0
+                            else float(criterion.frame_weights(*args[1:]).sum()))
         side = getattr(batch, "kd_side", None)  # only from stores with a side array
         if side is None:
             return criterion(*args)

@@ -300,12 +300,49 @@ def ddp_student_argv(exp, name, *extra):
                    *extra]
 
 
-def test_student_two_ranks_match_one(kd_exp):
-    """Frame KD on contaminated audio: the same noise per (seed, epoch, utterance) on any rank."""
-    load_recipe("train").main(ddp_student_argv(kd_exp, "ddp_st1"))
-    torchrun(TRAIN, ddp_student_argv(kd_exp, "ddp_st2"), port=29533)
-    assert_same_losses(curve(kd_exp / "ddp_st1"), curve(kd_exp / "ddp_st2"))
-    assert len(results_rows(kd_exp, "ddp_st2")) == len(results_rows(kd_exp, "ddp_st1"))
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3], ids=["frame", "frame_ctc"])
+def test_student_two_ranks_match_one(kd_exp, ctc_weight):
+    """Frame KD on contaminated audio: the same noise per (seed, epoch, utterance) on any rank. With
+    ``ctc_weight`` the labelled CTC term averages over labelled utterances, KD over frames: one share
+    each (``kd_brain.student.shared_sum``; one frame share for their sum failed this)."""
+    name = f"c{ctc_weight:g}"
+    extra = [f"--ctc_weight={ctc_weight}"]
+    load_recipe("train").main(ddp_student_argv(kd_exp, f"ddp_st1_{name}", *extra))
+    torchrun(TRAIN, ddp_student_argv(kd_exp, f"ddp_st2_{name}", *extra), port=29533 + (ctc_weight > 0) * 10)
+    assert_same_losses(curve(kd_exp / f"ddp_st1_{name}"), curve(kd_exp / f"ddp_st2_{name}"))
+    assert len(results_rows(kd_exp, f"ddp_st2_{name}")) == len(results_rows(kd_exp, f"ddp_st1_{name}"))
+
+
+def test_blank_weighted_frame_kd_shares_are_weight_sums():
+    """With blank-dominated frames down-weighted, FrameKD averages over frame weights: a rank's share of
+    their sum (``FrameKD.frame_weights``) gives the global batch's loss and gradient; its frame count
+    does not. (The tiny teacher of the 2-rank test has no blank-dominated frame, so it is checked here.)"""
+    from kd_brain.losses import FrameKD
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 5, requires_grad=True)
+    lens = torch.tensor([1.0, 0.5, 1.0])
+    idx = torch.stack([torch.randperm(5)[:3] for _ in range(18)]).view(3, 6, 3)
+    idx[0, :5, 0] = idx[2, :2, 0] = 0  # blank first: blank-dominated where its probability >= 0.9
+    idx[0, :5, 1:], idx[2, :2, 1:] = torch.tensor([1, 2]), torch.tensor([3, 4])
+    logp = torch.log(torch.tensor([0.95, 0.03, 0.02])).expand(3, 6, 3).clone()
+    kd = FrameKD(temperature=2.0, blank_weight=0.5)
+
+    def part(i):
+        lp = logits[i].log_softmax(-1)
+        return kd(lp, lens[i], idx[i], logp[i]), kd.frame_weights(lens[i], idx[i], logp[i]).sum()
+
+    full = part([0, 1, 2])[0]
+    (grad_full,) = torch.autograd.grad(full, logits)
+    shares = [[0, 2], [1]]
+    parts = [part(i) for i in shares]
+    weights, frames = sum(w for _, w in parts), 6 + 3 + 6
+    mean = sum(loss * 2 * w / weights for loss, w in parts) / 2
+    (grad_mean,) = torch.autograd.grad(mean, logits)
+    assert mean.item() == pytest.approx(full.item(), rel=1e-6)
+    assert torch.allclose(grad_mean, grad_full, atol=1e-6)
+    by_frames = sum(loss * 2 * n / frames for (loss, _), n in zip(parts, (12, 3))) / 2
+    assert by_frames.item() != pytest.approx(full.item(), rel=1e-3)
 
 
 def test_sequence_training_two_ranks_match_one(kd_exp):

@@ -13,8 +13,8 @@ import torch
 from kd_brain.conditions import write_conditions
 from kd_brain.contamination import Contaminator
 from kd_brain.noise import NoisePool, read_noise_manifest, split_noise_pool
-from kd_brain.public_noise import (MUSAN_RESERVED, NOISE_FIELDS, PublicCorpusError, export_musan,
-                                   export_real_rirs, export_simulated_rirs, read_kaldi_list)
+from kd_brain.public_noise import MUSAN_RESERVED, NOISE_FIELDS, PublicCorpusError, export_musan
+from kd_brain.public_rirs import export_real_rirs, export_simulated_rirs, read_kaldi_list
 from kd_brain.rooms import GUARD, MeasuredRIRs, RIRError
 
 from tests.conftest import write_rows
