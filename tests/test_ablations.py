@@ -87,3 +87,33 @@ def test_labelled_fraction_rows_train_a_new_teacher_on_a_tenth_in_its_own_experi
         assert "--labelled_fraction=0.1" in stages[name] and f"--corpus_dir={EXP}/corpus" in stages[name]
     assert "--number_of_epochs=160" in stages["teacher"]  # the main teacher's updates: 20 epochs x 0.8 / 0.1
     assert "--number_of_epochs=2" in stages["student"] and f"--exp_folder={EXP}_lab10" in stages["student"]
+
+
+def test_labelled_fraction_students_of_the_two_scales_do_not_share_a_name():
+    abl_rows, main_rows = (abl.Grid(EXP, scale).rows("labelled_fraction") for scale in ("ablation", "main"))
+    assert abl_rows[2].model == "student" and main_rows[2].model == "main_student"
+    argv = dict(main_rows[2].stages)["main_student"]
+    assert "--model_name=main_student" in argv and not any(a.startswith("--number_of_epochs") for a in argv)
+
+
+def test_report_shows_another_experiments_rows_with_the_base_and_each_rows_own_command(tmp_path, monkeypatch):
+    """A grid whose new rows live in another experiment (labelled_fraction) keeps its base row in the
+    table; a row's command is the stage that trains its model (teacher_seq), not the row's last stage."""
+    import json
+
+    monkeypatch.setattr(abl, "REPO", str(tmp_path))
+    errs = {"clean": {f"u{i}": [i % 3, 10] for i in range(30)}}
+    for exp, models in {EXP: ["teacher_seq", "abl_k20"], f"{EXP}_lab10": ["teacher_seq", "student"]}.items():
+        (tmp_path / exp / "stages").mkdir(parents=True)
+        res = {"wer": {m: {"dev": 20.0 + i, "clean": 10.0 + i} for i, m in enumerate(models)},
+               "utt_errors": {m: errs for m in models}}
+        (tmp_path / exp / "results.json").write_text(json.dumps(res))
+        for m in models + ["extract"]:
+            (tmp_path / exp / "stages" / f"{m}.done").write_text(json.dumps(
+                {"seconds": 1, "commit": "c0ffee", "command": f"python {m}.py --exp_folder={exp}"}))
+    report = open(abl.write_report(EXP)).read()
+    section = report.split("## Ablation: labelled_fraction (ablation scale)")[1].split("## ")[0]
+    assert "| 80% labelled (the main job) | abl_k20 | 21.00 |" in section
+    assert "| 10% labelled: student | student | 21.00 |" in section
+    assert f"`python teacher_seq.py --exp_folder={EXP}_lab10`" in section
+    assert f"`python extract.py --exp_folder={EXP}_lab10`" not in section

@@ -153,9 +153,13 @@ class Grid:
         pre = [("prepare", merge(plan["prepare"], fraction)),
                ("teacher", merge(plan["teacher"], fraction + [f"--number_of_epochs={epochs}"])),
                ("teacher_seq", plan["teacher_seq"]), ("extract", plan["extract"])]
-        student = plan["student"] if self.scale == "main" else merge(plan["student"], SCALES[self.scale])
+        # the scales' students live side by side in that experiment: the main scale's is main_student
+        # (the ablation scale's is its "student", the name its first runs recorded)
+        name = "main_student" if self.scale == "main" else "student"
+        student = merge(plan["student"], SCALES[self.scale] + ([f"--model_name={name}"] if self.scale == "main"
+                                                               else []))
         return [Row(f"{LABELLED:.0%} labelled: teacher_seq", "teacher_seq", pre, exp=lab),
-                Row(f"{LABELLED:.0%} labelled: student", "student", pre + [("student", student)], exp=lab)]
+                Row(f"{LABELLED:.0%} labelled: student", name, pre + [(name, student)], exp=lab)]
 
     def one_key_rows(self, key, values, suffix, label):
         """One row per value of one student key (``--key=value``), named and labelled by the value."""
@@ -226,7 +230,9 @@ def row_commands(exp, rows):
 
     lines = []
     for row in rows:
-        done = os.path.join(REPO, row.exp or exp, "stages", f"{row.stages[-1][0]}.done")
+        names = [name for name, _ in row.stages]  # the stage that trains the row's model, else the last
+        stage = row.model if row.model in names else names[-1]
+        done = os.path.join(REPO, row.exp or exp, "stages", f"{stage}.done")
         if os.path.isfile(done):
             with open(done) as f:
                 d = json.load(f)
@@ -267,14 +273,14 @@ def write_report(exp, corpus="synthetic", units="subword", vocab_size=256):
             rows = grid.rows(name, results)
         except RuntimeError:  # the temperature grid before the k grid
             continue
-        tables, base = [], grid.base().model
-        for row_exp in dict.fromkeys(r.exp or exp for r in rows):  # rows of another experiment: its results
-            res = results if row_exp == exp else load_results(row_exp)
+        base = grid.base().model
+        res_of = {e: results if e == exp else load_results(e) for e in dict.fromkeys(r.exp or exp for r in rows)}
+        if not any(r.model in res_of[r.exp or exp]["wer"] for r in rows if r.exp or r.model != base):
+            continue  # only the base row (the main job's, or shared with another grid) has run
+        tables = []  # rows of another experiment: its results, against its own teacher_seq
+        for row_exp, res in res_of.items():
             group = [r for r in rows if (r.exp or exp) == row_exp]
-            if any(r.model in res["wer"] for r in group if r.exp or r.model != base):
-                tables.append(ablation_table(res, [(r.label, r.model) for r in group], CONDITIONS)[0])
-        if not tables:
-            continue
+            tables.append(ablation_table(res, [(r.label, r.model) for r in group], CONDITIONS)[0])
         table = tables[0] + "".join(t.split("\n", 2)[2] for t in tables[1:])  # one header
         parts.append(f"## Ablation: {name} ({grid.scale} scale)\n\n{table}\nCommands:\n"
                      + "\n".join(row_commands(exp, rows)) + "\n")
