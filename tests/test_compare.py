@@ -63,3 +63,15 @@ def test_run_units_char_is_one_setting():
     assert "--init_from=exp/synthetic_char/teacher" in dict(plan)["teacher"]
     plan, _ = run.stages("speechocean762", 1.0, "exp/speechocean762")
     assert "--init_from=exp/synthetic/teacher" in dict(plan)["teacher"]
+
+
+def test_stages_import_this_checkouts_library(tmp_path, monkeypatch):
+    """A stage runs with its checkout first on PYTHONPATH, so another clone's editable install (setup.sh
+    in a second clone) cannot supply kd_brain to this one's stages."""
+    run = load_recipe("run")
+    monkeypatch.setattr(run, "REPO", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    run.run_stage(".", "where", ["-c", "import os; open('path.txt', 'w').write(os.environ['PYTHONPATH'])"],
+                  [], force=False)
+    assert (tmp_path / "path.txt").read_text().split(":") == [str(tmp_path), "/elsewhere"]
+    assert json.loads((tmp_path / "stages" / "where.done").read_text())["seconds"] >= 0

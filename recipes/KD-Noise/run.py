@@ -235,7 +235,9 @@ def run_stage(run, name, argv, extra, force, nproc=1):
     print(f"\n=== stage {name}: {shown} {' '.join(argv)}", flush=True)
     t0 = time.time()
     # the stage shares run.py's folder lock: killed alone, run.py leaves the folder locked while it runs on
-    subprocess.run(launch + argv, cwd=REPO, check=True, pass_fds=held_fds())
+    # this checkout's kd_brain first: another clone's editable install must not supply the library
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    subprocess.run(launch + argv, cwd=REPO, check=True, pass_fds=held_fds(), env=env)
     seconds = round(time.time() - t0)
     # all or nothing: a kill while writing never leaves a half .done that marks the stage finished
     write_json(done, {"seconds": seconds, "command": f"{shown} " + " ".join(argv), "commit": commit()})
