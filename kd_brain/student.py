@@ -142,10 +142,11 @@ class StudentBrain(TeacherBrain):
         n_common = torch.minimum(s_frames, t_frames).clamp(max=T)
         common = n_common.float() / T
         args = (log_probs[:, :T], common, idx[:, :T].long(), logp[:, :T].float())
-        # FrameKD averages over its frame weights: under DDP a rank's share of the batch is their sum
-        # (its frames, unless blank_weight down-weights blank-dominated ones)
-        self.share_count = (int(n_common.sum()) if getattr(criterion, "blank_weight", 1.0) == 1.0
-                            else float(criterion.frame_weights(*args[1:]).sum()))
+        if getattr(self, "distributed_launch", False):
+            # FrameKD averages over its frame weights: a rank's share of the batch is their sum (its
+            # frames, unless blank_weight down-weights blank-dominated ones); one process needs neither
+            self.share_count = (int(n_common.sum()) if getattr(criterion, "blank_weight", 1.0) == 1.0
+                                else float(criterion.frame_weights(*args[1:]).sum()))
         side = getattr(batch, "kd_side", None)  # only from stores with a side array
         if side is None:
             return criterion(*args)

@@ -155,9 +155,10 @@ class Grid:
                ("teacher_seq", plan["teacher_seq"]), ("extract", plan["extract"])]
         # the scales' students live side by side in that experiment: the main scale's is main_student
         # (the ablation scale's is its "student", the name its first runs recorded)
-        name = "main_student" if self.scale == "main" else "student"
-        student = merge(plan["student"], SCALES[self.scale] + ([f"--model_name={name}"] if self.scale == "main"
-                                                               else []))
+        if self.scale == "main":
+            name, student = "main_student", merge(plan["student"], ["--model_name=main_student"])
+        else:
+            name, student = "student", merge(plan["student"], SCALES[self.scale])
         return [Row(f"{LABELLED:.0%} labelled: teacher_seq", "teacher_seq", pre, exp=lab),
                 Row(f"{LABELLED:.0%} labelled: student", name, pre + [(name, student)], exp=lab)]
 
