@@ -64,6 +64,19 @@ def test_main_scale_base_row_is_the_main_jobs_student():
     assert g.rows("criterion")[2].model == "student_seq"  # frame, then MWER: the main job's student_seq
 
 
+@pytest.mark.parametrize("scale", ["ablation", "main"])
+def test_headline_rows_are_the_models_of_their_own_grids(scale):
+    g = abl.Grid(EXP, scale, vocab_size=256)
+    rows = g.rows("headline")
+    models = {name: [r.model for r in g.rows(name, {"wer": {}})] for name in ("k", "blank", "clean_share")}
+    assert rows[0].model == g.base().model and rows[1].model == models["k"][-1]  # k = all
+    assert rows[3].model in models["blank"] and rows[4].model in models["clean_share"]
+    assert "--temperature=1.0" in train_argv(rows[2]) and "--k=20" in train_argv(rows[2])
+    assert any(name.endswith("softlabels_all") or "softlabels_all" in " ".join(a) for name, a in rows[1].stages)
+    epochs = [a for r in rows[1:] for a in train_argv(r) if a.startswith("--number_of_epochs")]
+    assert epochs == ([] if scale == "main" else ["--number_of_epochs=2"] * 4)
+
+
 def test_equal_wall_time_row_gets_teacher_plus_student_time(tmp_path, monkeypatch):
     monkeypatch.setattr(abl, "REPO", str(tmp_path))
     for model, rows in {"teacher": [(1, 500.0), (2, 1000.0)], "abl_k20": [(1, 90.0), (2, 180.0)]}.items():

@@ -4,6 +4,7 @@
     python recipes/KD-Noise/run.py --ablation temperature        # T = 1, 2, 4 at the dev-best k and at k = 20
     python recipes/KD-Noise/run.py --ablation all                # every grid
     python recipes/KD-Noise/run.py --ablation k --scale main     # the main job's epochs
+    python recipes/KD-Noise/run.py --ablation headline --scale main   # one row of each finding
 
 Each row is a student trained with the main job's teacher, test conditions and
 soft-label store; only what the row varies is an override. A row is a stage
@@ -138,6 +139,10 @@ class Grid:
                     Row("random, equal epochs", rnd_model, [rnd]),
                     Row("random, equal wall time (teacher + student)", self.name("random_init_time"),
                         b.stages + [(self.name("random_init_time"), lambda: self.equal_time(b.model))])]
+        if grid == "headline":  # the rows behind the findings, the same models as in their own grids
+            return [b, self.k_row("all"), self.k_row(20, 1.0)] + self.one_key_rows(
+                "blank_weight", (0.5,), lambda w: f"blank{w:g}", lambda w: f"blank-dominated frames x {w:g}"
+            ) + self.one_key_rows("clean_share", (0.2,), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
         if grid == "labelled_fraction":
             return [Row(f"{MAIN_FRACTION:.0%} labelled (the main job)", b.model, b.stages)] + self.fraction_rows()
         raise ValueError(f"--ablation {grid}: choose one of {GRIDS} or all")
@@ -190,8 +195,9 @@ class Grid:
         return best[0]
 
 
+# headline: k = all, T = 1, blank x 0.5 and 20% clean against the base, the rows run at the main scale too
 GRIDS = ["k", "temperature", "criterion", "label_source", "target", "blank", "clean_share", "init",
-         "labelled_fraction"]
+         "labelled_fraction", "headline"]
 
 
 def run_rows(exp, rows, extra):
