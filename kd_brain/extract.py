@@ -25,7 +25,7 @@ import torch
 
 from kd_brain.brain import CTCBrain
 from kd_brain.lm import flashlight_decode, flashlight_decoder
-from kd_brain.targets import draw_units, log_partition, tail_log_mass, top_k
+from kd_brain.targets import draw_units, log_partition, tail_log_mass
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class ExtractBrain(CTCBrain):
             for utt_id, lp, n in zip(batch.id, log_probs, n_frames):
                 if not torch.isfinite(lp[:n]).all():
                     raise ValueError(f"{utt_id}: teacher output has NaN or infinite values; extraction stopped")
-        values, indices = top_k(log_probs, self.writer.k)  # one call per batch, not per utterance
+        values, indices = log_probs.topk(self.writer.k, dim=-1)  # one call per batch, not per utterance
         nbests = [None] * len(batch.id)
         if getattr(self.hparams, "nbest", 0) > 0:
             nbests = self.hparams.nbest_searcher(log_probs, lens)

@@ -72,7 +72,7 @@ from kd_brain.store_codec import (QUANT_SCHEDULE, SIDE_TOP, _check_side, _level_
                                   _pack_side, _quantize)
 from kd_brain.store_files import (END_MAGIC, FORMAT_VERSION, META_FILE, SHARD_MAGIC, SHARD_RE, _atomic_write, _check,
                                   _pack_block, _read_meta, _shards, stored_ids)
-from kd_brain.targets import draw_units, log_partition, side_meta, tail_log_mass, top_k
+from kd_brain.targets import draw_units, log_partition, side_meta, tail_log_mass
 # The store's API, wherever it is defined
 from kd_brain.store_codec import quant_bound, temper  # noqa: F401,E402
 from kd_brain.store_files import CorruptStoreError, IncompatibleStoreError, StoreError, merge_index  # noqa: F401,E402
@@ -190,7 +190,7 @@ class SoftLabelWriter:
             indices, values = draw_units(x, self.k, self.meta["sample_seed"], utt_id)
             side = log_partition(x, temps)
         else:
-            values, indices = top_k(x, self.k)
+            values, indices = torch.topk(x, self.k, dim=-1)
             side = tail_log_mass(x, indices, temps) if temps else None
         self.add_topk(utt_id, indices, values, nbest, side)
 

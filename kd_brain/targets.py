@@ -20,39 +20,9 @@ extraction from the full distribution, since the store keeps no more of it.
 import hashlib
 import math
 
-import numpy as np
 import torch
 
 TARGETS = ("topk", "tail", "sampled")
-
-
-def top_k(log_probs, k):
-    """The k largest entries along the last axis, best first: ``torch.topk``'s (values, indices).
-
-    On the CPU through numpy's introselect (``argpartition``) and a sort of
-    the k kept: 3x faster than ``torch.topk`` over 256 units, which was most
-    of extraction's writing cost. Ties are broken by a stable sort, so the
-    result is deterministic; NaN is never selected (screen for it first).
-    Other devices use ``torch.topk``.
-
-    Example
-    -------
-    >>> x = torch.tensor([[0.1, 0.5, 0.2, 0.9], [0.3, 0.0, 0.7, 0.1]]).log()
-    >>> values, indices = top_k(x, 2)
-    >>> indices.tolist()
-    [[3, 1], [2, 0]]
-    >>> bool(torch.equal(values, x.topk(2).values))
-    True
-    """
-    if log_probs.device.type != "cpu" or k >= log_probs.shape[-1] or log_probs.numel() == 0:
-        return torch.topk(log_probs, k, dim=-1)
-    a = log_probs.detach().float().reshape(-1, log_probs.shape[-1]).numpy()
-    part = np.argpartition(-a, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(a, part, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    shape = log_probs.shape[:-1] + (k,)
-    values = torch.from_numpy(np.take_along_axis(vals, order, 1)).reshape(shape).to(log_probs.dtype)
-    return values, torch.from_numpy(np.take_along_axis(part, order, 1)).reshape(shape)
 
 
 def utterance_seed(seed, utt_id):
