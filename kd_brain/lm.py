@@ -118,18 +118,27 @@ def write_arpa(sentences, path, order=3, discount=0.75):
     write_text(path, "\n".join(lines) + "\n")  # all or nothing; a failed write (full disk) names the file
 
 
-def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
-    """ARPA model and lexicon from the labelled transcripts (skipped when done).
+def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75, units="word"):
+    """ARPA model (and lexicon) from the labelled transcripts (skipped when done).
 
-    Every word is spelt with the tokenizer's units, as ``tokenizer.encode``
+    ``units`` "word": a word n-gram (``words.arpa``) and a lexicon in which
+    every word is spelt with the tokenizer's units, as ``tokenizer.encode``
     splits it, less a standalone word-boundary piece "\u2581" (characters):
     the decoder treats that one as the optional silence between words.
+    "piece": an n-gram over the tokenizer's own units (``pieces.arpa``), each
+    transcript as ``tokenizer.encode`` splits it, for lexicon-free decoding.
     Returns ``out_dir``.
     """
+    if units not in ("word", "piece"):
+        raise ValueError(f"lm_units={units!r}: choose word or piece")
     rows, text_hash = read_transcripts(labelled_csv, "language model")
-    sentences = [r["wrd"].split() for r in rows]
+    pieces = tokenizer.vocab_list()
+    if units == "word":
+        sentences = [r["wrd"].split() for r in rows]
+    else:
+        sentences = [[pieces[i] for i in tokenizer.encode(r["wrd"])] for r in rows]
     options = {"manifest": os.path.abspath(labelled_csv), "order": order, "discount": discount,
-               "tokenizer": tokenizer.hash, "text_hash": text_hash}
+               "tokenizer": tokenizer.hash, "text_hash": text_hash, "units": units}
     info = os.path.join(out_dir, "lm.json")
     if built_with(info, options):
         logger.info("Language model in %s already built: skipped", out_dir)
@@ -137,15 +146,22 @@ def build_lm(labelled_csv, out_dir, tokenizer, order=3, discount=0.75):
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(info):  # lm.json marks a finished build: gone until this one is finished
         os.remove(info)
-    write_arpa(sentences, os.path.join(out_dir, "words.arpa"), order, discount)
-    pieces = tokenizer.vocab_list()
-    with atomic_open(os.path.join(out_dir, "lexicon.txt")) as f:
+    write_arpa(sentences, os.path.join(out_dir, f"{units}s.arpa"), order, discount)
+    if units == "word":
+        write_lexicon(sentences, os.path.join(out_dir, "lexicon.txt"), tokenizer, pieces)
+    else:  # the LM's words in unit order (see LexiconLMDecoder)
+        write_text(os.path.join(out_dir, "pieces.dict"), "".join(f"{p}\n" for p in ["<blank>"] + pieces[1:]))
+    write_json(info, options, indent=1)
+    logger.info("Built a %d-gram %s LM of %d sentences in %s", order, units, len(sentences), out_dir)
+    return out_dir
+
+
+def write_lexicon(sentences, path, tokenizer, pieces):
+    """Each word of ``sentences`` with its spelling in ``pieces`` (see ``build_lm``)."""
+    with atomic_open(path) as f:
         for word in sorted({w for s in sentences for w in s}):
             spelling = [pieces[i] for i in tokenizer.encode(word) if pieces[i] != "\u2581"]
             f.write(f"{word}\t{' '.join(spelling)}\n")
-    write_json(info, options, indent=1)
-    logger.info("Built a %d-gram LM and lexicon of %d sentences in %s", order, len(sentences), out_dir)
-    return out_dir
 
 
 def flashlight_decoder(vocab_list, **options):
@@ -191,18 +207,46 @@ class LexiconLMDecoder:
         than all at beam 50 with the same dev WER (22.52 vs 22.64%).
     nbest : int
         Hypotheses kept per utterance, for ``nbest_texts`` (MWER's N-best).
+    units : str
+        "word": lexicon search with the word n-gram; "piece": lexicon-free
+        search with the n-gram over units (``build_lm(units="piece")``): any
+        unit sequence is a hypothesis, its words are where the pieces put
+        "\u2581", and ``word_score`` is unused.
+    blank_penalty : float
+        Subtracted from the blank's log-probability on every frame before the
+        search. The lexicon-free search has no per-unit bonus, so the LM's cost
+        of every unit makes it delete; this is the bonus (tune on dev).
     """
 
-    def __init__(self, lm_dir, vocab_list, beam_size=50, lm_weight=1.0, word_score=0.0, nbest=1, token_beam=0):
+    def __init__(self, lm_dir, vocab_list, beam_size=50, lm_weight=1.0, word_score=0.0, nbest=1, token_beam=0,
+                 units="word", blank_penalty=0.0):
+        # Lexicon-free, flashlight asks the LM about unit index n, while torchaudio's default LM
+        # dictionary numbers the units in hash order: pieces.dict numbers them as the model does.
+        lexicon = {"lexicon": os.path.join(lm_dir, "lexicon.txt")} if units == "word" else {
+            "lexicon": None, "lm_dict": os.path.join(lm_dir, "pieces.dict")}
+        self.vocab_list = list(vocab_list)
+        self.units = units
+        self.blank_penalty = blank_penalty
         self.decoder = flashlight_decoder(
-            vocab_list, lexicon=os.path.join(lm_dir, "lexicon.txt"), lm=os.path.join(lm_dir, "words.arpa"),
+            vocab_list, **lexicon, lm=os.path.join(lm_dir, f"{units}s.arpa"),
             nbest=nbest, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score,
             beam_size_token=token_beam or None)
 
+    def _words(self, hyp):
+        if self.units == "word":
+            return hyp.words
+        # lexicon-free: hyp.tokens has no blanks or repeats; "\u2581" marks a word start
+        return "".join(self.vocab_list[i] for i in hyp.tokens.tolist() if i > BLANK_ID).replace("\u2581", " ").split()
+
+    def _search(self, log_probs, lens):
+        if self.blank_penalty:
+            log_probs = log_probs.detach().float().clone()
+            log_probs[..., BLANK_ID] -= self.blank_penalty
+        return flashlight_decode(self.decoder, log_probs, lens)
+
     def __call__(self, log_probs, lens):
-        return [hyps[0].words if hyps else [] for hyps in flashlight_decode(self.decoder, log_probs, lens)]
+        return [self._words(hyps[0]) if hyps else [] for hyps in self._search(log_probs, lens)]
 
     def nbest_texts(self, log_probs, lens):
         """Per utterance, the distinct hypothesis texts, best first."""
-        return [list(dict.fromkeys(" ".join(h.words) for h in hyps))
-                for hyps in flashlight_decode(self.decoder, log_probs, lens)]
+        return [list(dict.fromkeys(" ".join(self._words(h)) for h in hyps)) for hyps in self._search(log_probs, lens)]

@@ -20,7 +20,7 @@ from kd_brain.lm import LexiconLMDecoder, build_lm
 from kd_brain.tokenizer import Tokenizer, tokenizer_dir
 
 logger = logging.getLogger(__name__)
-LM_KEYS = ("lm_order", "lm_weight", "word_score", "lm_beam_size", "lm_token_beam")
+LM_KEYS = ("lm_order", "lm_weight", "word_score", "lm_beam_size", "lm_token_beam", "lm_blank_penalty")
 MAX_CHAIN = 20  # teacher_dir links followed before we call it a loop
 
 
@@ -75,7 +75,8 @@ def load_tokenizer(cfg, vocab_size=None):
 
 def lm_settings(cfg):
     """The word-LM decoding keys of an origin config (0 / absent: no LM)."""
-    return {k: cfg.get(k, 0) for k in LM_KEYS}
+    # lm_units came later: configs without it decoded with the word n-gram (and no blank penalty)
+    return {**{k: cfg.get(k, 0) for k in LM_KEYS}, "lm_units": cfg.get("lm_units", "word")}
 
 
 def lm_decoder(lm, data_folder, tokenizer, nbest=1):
@@ -86,11 +87,14 @@ def lm_decoder(lm, data_folder, tokenizer, nbest=1):
     """
     if not lm["lm_order"]:
         return None
-    lm_dir = os.path.join(data_folder, f"lm_{lm['lm_order']}gram_{tokenizer.hash}")
-    run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]])
+    units = lm.get("lm_units", "word")
+    name = f"lm_{lm['lm_order']}gram_{tokenizer.hash}" + ("" if units == "word" else f"_{units}")
+    lm_dir = os.path.join(data_folder, name)
+    run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]],
+                kwargs={"units": units})
     return LexiconLMDecoder(lm_dir, tokenizer.vocab_list(), beam_size=lm["lm_beam_size"],
                             token_beam=lm["lm_token_beam"], lm_weight=lm["lm_weight"], word_score=lm["word_score"],
-                            nbest=nbest)
+                            nbest=nbest, units=units, blank_penalty=lm["lm_blank_penalty"])
 
 
 def nbest_searcher(source, lm, data_folder, tokenizer, nbest, beam_size):

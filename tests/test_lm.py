@@ -138,3 +138,32 @@ def test_lexicon_decoder_returns_words_from_subword_units(tmp_path):
     one = LexiconLMDecoder(lm_dir, pieces, beam_size=20, lm_weight=1.0, word_score=0.0, token_beam=1)
     assert one(lp, torch.ones(1)) != [["TURN", "OFF", "THE", "LIGHTS"]]  # only the wrong letter was tried
     assert tok.decode(lp[0].argmax(-1).unique_consecutive().tolist()) != "TURN OFF THE LIGHTS"
+
+
+def test_piece_lm_decodes_without_a_lexicon_and_keeps_unknown_words(tmp_path):
+    """lm_units piece: an n-gram over the tokenizer's units, lexicon-free search; words split at "\u2581"."""
+    rows = [{"ID": str(i), "wrd": " ".join(s)} for i, s in enumerate(SENTENCES * 5)]
+    write_csv(str(tmp_path / "labelled.csv"), rows, ["ID", "wrd"])
+    tok = train_tokenizer(str(tmp_path / "labelled.csv"), str(tmp_path / "tok"), vocab_size=36, model_type="unigram",
+                          alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    lm_dir = build_lm(str(tmp_path / "labelled.csv"), str(tmp_path / "lm_piece"), tok, order=6, units="piece")
+    assert not os.path.exists(os.path.join(lm_dir, "lexicon.txt"))
+    with open(os.path.join(lm_dir, "pieces.arpa")) as f:
+        unigrams = {line.split("\t")[1] for line in f.read().split("\\1-grams:")[1].split("\\2-grams:")[0].splitlines()
+                    if "\t" in line}
+    assert unigrams <= set(tok.vocab_list()) | {"<s>", "</s>", "<unk>"}
+    pieces = tok.vocab_list()
+    ids = tok.encode("TURN OFF THE LIGHTS")
+    frames = [{pieces[i]: 0.9} for i in ids]
+    wrong = next(p for p in pieces if p not in (pieces[ids[-1]], "<blank>", "<unk>", "\u2581") and len(p) == 1
+                 and p != "S")
+    frames[-1] = {pieces[ids[-1]]: 0.45, wrong: 0.5}
+    lp = _emissions(tok, [f for frame in frames for f in (frame, {})])  # a blank after each: "O F F" stays
+    decoder = LexiconLMDecoder(lm_dir, pieces, beam_size=20, lm_weight=1.0, units="piece")
+    assert decoder(lp, torch.ones(1)) == [["TURN", "OFF", "THE", "LIGHTS"]]
+    assert decoder.nbest_texts(lp, torch.ones(1))[0][0] == "TURN OFF THE LIGHTS"
+    # a word no transcript has, spelt clearly by the acoustics, survives (a lexicon search cannot output it)
+    clear = _emissions(tok, [f for i in tok.encode("STOP THE MUSIK") for f in ({pieces[i]: 0.99}, {})])
+    assert decoder(clear, torch.ones(1)) == [["STOP", "THE", "MUSIK"]]
+    with pytest.raises(ValueError, match="lm_units='phone'"):
+        build_lm(str(tmp_path / "labelled.csv"), str(tmp_path / "x"), tok, units="phone")

@@ -203,3 +203,11 @@ def test_tune_lm_grid_on_dev_only(tiny_teacher):
     stamp = cache.stat().st_mtime_ns
     assert tune.main([str(tiny_teacher / "teacher"), "1.0,0.0"]) == {(1.0, 0.0): res[(1.0, 0.0)]}
     assert cache.stat().st_mtime_ns == stamp  # the model ran once
+    # the other decoder, a piece n-gram without a lexicon, on the same cached dev log-probs
+    piece = tune.main([str(tiny_teacher / "teacher"), "--lm_units=piece", "--lm_order=5", "1.0,0.0"])
+    assert set(piece) == {(1.0, 0.0)} and 0 <= piece[(1.0, 0.0)] <= 1000
+    assert cache.stat().st_mtime_ns == stamp
+    assert any(p.name.endswith("_piece") for p in (tiny_teacher / "data").glob("lm_5gram_*")), \
+        sorted(p.name for p in (tiny_teacher / "data").iterdir())
+    with pytest.raises(SystemExit, match="--lm_weights: not a decoding key"):
+        tune.main([str(tiny_teacher / "teacher"), "--lm_weights=1", "1.0,0.0"])

@@ -60,8 +60,8 @@ STUDENT_SEQ = ["--criterion=mwer", "--model_name=student_seq", "--init_from=stud
 MULTICONDITION = ["--criterion=ctc", "--model_name=multicondition", "--train_splits=[labelled]"]
 # The configs' units are 256 sub-words with the auxiliary character CTC; characters change
 # these keys together (the decoder values from the character dev grid, recipe README).
-CHAR_UNITS = ["--vocab_size=30", "--token_type=char", "--aux_ctc_weight=0.0", "--lm_weight=2.0", "--word_score=-1.0",
-              "--lm_token_beam=0"]
+CHAR_UNITS = ["--vocab_size=30", "--token_type=char", "--aux_ctc_weight=0.0", "--lm_units=word", "--lm_order=3",
+              "--lm_weight=2.0", "--word_score=-1.0", "--lm_blank_penalty=0.0", "--lm_token_beam=0"]
 
 
 def default_exp(corpus, units):

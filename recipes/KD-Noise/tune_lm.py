@@ -2,6 +2,10 @@
 """Dev grid of the word n-gram decoder's lm_weight and word_score for a trained model.
 
     python recipes/KD-Noise/tune_lm.py exp/synthetic/teacher 1.0,0.0 1.5,1.5 1.5,2.5
+    python recipes/KD-Noise/tune_lm.py exp/synthetic/teacher --lm_units=word --lm_blank_penalty=0 2.0,1.0
+
+``--key=value`` changes one of the model's other decoding keys (lm_units,
+lm_order, lm_blank_penalty, lm_beam_size, lm_token_beam) for the whole grid.
 
 Runs the model's best checkpoint once over the dev manifest of its data
 folder (log-probs cached in ``<model>/dev_logprobs.pt``), then decodes dev with
@@ -46,10 +50,16 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2:
         sys.exit(__doc__)
-    model_dir, grid = argv[0], [tuple(float(x) for x in a.split(",")) for a in argv[1:]]
+    model_dir = argv[0]
+    overrides = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--"))
+    grid = [tuple(float(x) for x in a.split(",")) for a in argv[1:] if not a.startswith("--")]
     source = load_label_source(model_dir)
     _, origin, _, tokenizer = source
     lm = lm_settings(origin)
+    for key, value in overrides.items():
+        if key not in lm:
+            sys.exit(f"--{key}: not a decoding key (choose from {', '.join(sorted(lm))})")
+        lm[key] = value if key == "lm_units" else float(value) if key == "lm_blank_penalty" else int(value)
     dev = dev_log_probs(model_dir, source)
     results = {}
     for lm_weight, word_score in grid:
@@ -60,7 +70,8 @@ def main(argv=None):
         for utt, (lp, wrd) in dev.items():
             wer.append([utt], [decoder(lp[None], torch.ones(1))[0]], [wrd.split()])
         results[(lm_weight, word_score)] = wer.summarize("error_rate")
-        print(f"lm_weight={lm_weight} word_score={word_score}: dev WER {results[(lm_weight, word_score)]:.2f}",
+        print(f"{' '.join(f'--{k}={v}' for k, v in overrides.items())} "
+              f"lm_weight={lm_weight} word_score={word_score}: dev WER {results[(lm_weight, word_score)]:.2f}",
               flush=True)
     return results
 
