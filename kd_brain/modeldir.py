@@ -74,7 +74,7 @@ def load_tokenizer(cfg, vocab_size=None):
 
 
 def lm_settings(cfg):
-    """The word-LM decoding keys of an origin config (0 / absent: no LM)."""
+    """The LM decoding keys of an origin config (0 / absent: no LM; no lm_units: the word n-gram)."""
     # lm_units came later: configs without it decoded with the word n-gram (and no blank penalty)
     return {**{k: cfg.get(k, 0) for k in LM_KEYS}, "lm_units": cfg.get("lm_units", "word")}
 
@@ -87,7 +87,7 @@ def lm_decoder(lm, data_folder, tokenizer, nbest=1):
     """
     if not lm["lm_order"]:
         return None
-    units = lm.get("lm_units", "word")
+    units = lm.get("lm_units", "word")  # lm_settings always sets it; hand-made dicts may not
     name = f"lm_{lm['lm_order']}gram_{tokenizer.hash}" + ("" if units == "word" else f"_{units}")
     lm_dir = os.path.join(data_folder, name)
     run_on_main(build_lm, args=[os.path.join(data_folder, "labelled.csv"), lm_dir, tokenizer, lm["lm_order"]],

@@ -21,7 +21,6 @@ the main job's epochs, and its base row is the main job's ``student``.
 """
 
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run.py beside it (a folder, not a package)
@@ -129,7 +128,7 @@ class Grid:
             return [Row("top-k renormalised", b.model, b.stages), Row("top-k + tail bucket", tail_model, [pre, tail]),
                     Row("20 sampled units, importance-weighted", smp_model, [pre, smp])]
         if grid == "blank":  # the default (student.yaml) is the base row; the other weights against it
-            w0 = yaml_float("hparams/student.yaml", "blank_weight")
+            w0 = default_blank_weight()
             return [Row(f"{blank_label(w0)} (the default)", b.model, b.stages)] + self.one_key_rows(
                 "blank_weight", tuple(w for w in (1.0, 0.5, 0.0) if w != w0), lambda w: f"blank{w:g}", blank_label)
         if grid == "clean_share":
@@ -142,7 +141,7 @@ class Grid:
                     Row("random, equal wall time (teacher + student)", self.name("random_init_time"),
                         b.stages + [(self.name("random_init_time"), lambda: self.equal_time(b.model))])]
         if grid == "headline":  # the rows behind the findings, the same models as in their own grids
-            other = 1.0 if yaml_float("hparams/student.yaml", "blank_weight") != 1.0 else 0.5
+            other = 1.0 if default_blank_weight() != 1.0 else 0.5
             return [b, self.k_row("all"), self.k_row(20, 1.0)] + self.one_key_rows(
                 "blank_weight", (other,), lambda w: f"blank{w:g}", blank_label
             ) + self.one_key_rows("clean_share", (0.2,), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
@@ -198,15 +197,16 @@ class Grid:
         return best[0]
 
 
+def default_blank_weight():
+    """student.yaml's ``blank_weight``, the base row's (run.py's REPO: the checkout, whatever the experiment)."""
+    import run
+
+    return run.yaml_int("hparams/student.yaml", "blank_weight", cast=float)
+
+
 def blank_label(w):
     """A blank_weight row's label."""
     return "all frames alike (blank weight 1)" if w == 1.0 else f"blank-dominated frames x {w:g}"
-
-
-def yaml_float(path, key):
-    """A top-level number of a YAML file (e.g. student.yaml's ``blank_weight``)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", path)) as f:
-        return float(re.search(rf"^{key}: ([0-9.]+)", f.read(), flags=re.M).group(1))
 
 
 # headline: k = all, T = 1, the other blank weight (1 against the default 0.5) and 20% clean against the base, the rows run at the main scale too

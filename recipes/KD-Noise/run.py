@@ -78,10 +78,10 @@ def pseudo_label_args(run):
             f"--train_splits=[labelled,{run}/pseudo_labels/unlabelled.csv]"]
 
 
-def yaml_int(path, key):
-    """A top-level integer setting of a YAML file (e.g. ``seed``)."""
+def yaml_int(path, key, cast=int):
+    """A top-level number of a YAML file (e.g. ``seed``; ``cast=float`` for ``blank_weight``)."""
     with open(os.path.join(REPO, path)) as f:
-        return int(re.search(rf"^{key}: (\d+)", f.read(), flags=re.M).group(1))
+        return cast(re.search(rf"^{key}: ([0-9.]+)", f.read(), flags=re.M).group(1))
 
 
 def vocab_size(extra):
