@@ -14,6 +14,8 @@ import torch
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from speechbrain.nnet.attention import RelPosEncXL
 
+from kd_brain.dropout import use_fast_dropout
+
 
 class Conv2dSubsampling(torch.nn.Module):
     """Two stride-2 3x3 convolutions over (time, frequency), then a linear layer.
@@ -130,6 +132,10 @@ class CTCModel(torch.nn.Module):
         (e.g. characters under a sub-word main head), 0 for none.
     aux_layer : int
         1-based encoder layer that feeds the auxiliary head.
+    fast_dropout : bool
+        Replace every ``torch.nn.Dropout`` (the encoder's included) by
+        ``kd_brain.dropout.FastDropout``: the same regularisation with a mask
+        that is about 3x cheaper to draw on CPU.
 
     Example
     -------
@@ -148,7 +154,7 @@ class CTCModel(torch.nn.Module):
     subsampling = 4
 
     def __init__(self, n_mels, d_model, encoder, vocab_size, frontend_channels=32, hop_ms=10.0, dropout=0.1,
-                 aux_vocab_size=0, aux_layer=2):
+                 aux_vocab_size=0, aux_layer=2, fast_dropout=False):
         super().__init__()
         self.frontend = Conv2dSubsampling(n_mels, frontend_channels, d_model, dropout)
         self.encoder = encoder
@@ -161,6 +167,8 @@ class CTCModel(torch.nn.Module):
             if n_layers is not None and not 1 <= aux_layer < n_layers:
                 raise ValueError(f"aux_layer={aux_layer}: must be an intermediate layer, 1 to {n_layers - 1}")
             self.aux_head = torch.nn.Linear(d_model, aux_vocab_size)
+        if fast_dropout:
+            use_fast_dropout(self)
 
     def forward(self, feats, lengths, aux=False):
         """feats: [B, T, n_mels]; lengths relative. Returns log-probs [B, T/4, V].
