@@ -65,6 +65,21 @@ def test_run_units_char_is_one_setting():
     assert "--init_from=exp/synthetic/teacher" in dict(plan)["teacher"]
 
 
+def test_run_epoch_options_reach_their_models_only():
+    """--teacher_epochs / --student_epochs: the teacher, or the student and both baselines; the
+    sequence-training stages keep their single epoch; without them the YAML decides (no override)."""
+    run = load_recipe("run")
+    plan = dict(run.stages("synthetic", 1.0, "exp/x", teacher_epochs=20, student_epochs=6)[0])
+    epochs = {name: [a for a in argv if a.startswith("--number_of_epochs=")] for name, argv in plan.items()}
+    assert epochs["teacher"] == ["--number_of_epochs=20"]
+    for name in ("student", "multicondition", "pseudo_label"):
+        assert epochs[name] == ["--number_of_epochs=6"], name
+    assert epochs["teacher_seq"] == epochs["student_seq"] == ["--number_of_epochs=1"]
+    assert not epochs["prepare"] and not epochs["extract"]
+    default = dict(run.stages("synthetic", 1.0, "exp/x")[0])
+    assert not any(a.startswith("--number_of_epochs=") for n in ("teacher", "student") for a in default[n])
+
+
 def test_stages_import_this_checkouts_library(tmp_path, monkeypatch):
     """A stage runs with its checkout first on PYTHONPATH, so another clone's editable install (setup.sh
     in a second clone) cannot supply kd_brain to this one's stages."""

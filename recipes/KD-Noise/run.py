@@ -5,6 +5,7 @@
     python recipes/KD-Noise/run.py --corpus speechocean762  # the real bed (../shared/data)
     python recipes/KD-Noise/run.py --seeds 3                # + every training stage for seeds 1 and 2
     python recipes/KD-Noise/run.py --units char             # character models, in exp/synthetic_char
+    python recipes/KD-Noise/run.py --teacher_epochs 20 --student_epochs 6   # the longer schedule (~67 min)
     python recipes/KD-Noise/run.py --ablation k temperature # the ablation grids (recipes/KD-Noise/ablations.py)
     python recipes/KD-Noise/run.py --corpus librispeech --data_root /data --nproc 8 --device=cuda:0 --precision=bf16
         # full scale: /data holds LibriSpeech/, musan/, RIRS_NOISES/ (and VOiCES_devkit/, optional)
@@ -136,12 +137,16 @@ def librispeech_plan(exp, data_root):
     return first, teacher, students, noise
 
 
-def stages(corpus, hours, exp, seed_index=0, units="subword", data_root=None):
+def stages(corpus, hours, exp, seed_index=0, units="subword", data_root=None, teacher_epochs=None,
+           student_epochs=None):
     """[(name, argv)] for a corpus; argv runs from the repository root.
 
     Seed 0 is the default run in ``exp``; seed i > 0 trains every model again
     in ``exp/seed<i>`` with seeds offset by i, on the corpus, manifests,
     tokenizer, LM and test conditions of ``exp`` (``prep_folder``).
+    ``teacher_epochs`` / ``student_epochs`` (None: the YAML's) set the teacher's and
+    the frame-level students' epochs (student and both baselines, which share them);
+    the sequence-training stages keep their one epoch.
     """
     run = exp if seed_index == 0 else f"{exp}/seed{seed_index}"
     if corpus == "synthetic":
@@ -170,6 +175,8 @@ def stages(corpus, hours, exp, seed_index=0, units="subword", data_root=None):
         first = []
     plan = first if seed_index else first + [
         ("prepare", [f"{R}/prepare.py", teacher[0], "hparams/student.yaml"] + teacher[1:] + noise)]
+    teacher += [f"--number_of_epochs={teacher_epochs}"] if teacher_epochs else []  # training only, not prepare
+    student += [f"--number_of_epochs={student_epochs}"] if student_epochs else []
     return plan + [
         ("teacher", [f"{R}/train.py"] + teacher),
         ("teacher_seq", [f"{R}/train.py"] + merge(student, TEACHER_SEQ)),
@@ -297,6 +304,11 @@ def main():
     parser.add_argument("--stages", nargs="*", help="run only these stages, even if done")
     parser.add_argument("--units", default="subword", choices=["subword", "char"],
                         help="output units of every model (char: 30 characters; default exp/<corpus>_char)")
+    # One key per model, not --number_of_epochs=N, which would reach every stage (the sequence stages' 1 too)
+    parser.add_argument("--teacher_epochs", type=int,
+                        help="the teacher's epochs (default: its YAML's number_of_epochs; 20 before 9600e10)")
+    parser.add_argument("--student_epochs", type=int, help="epochs of the student and both baselines "
+                        "(default: hparams/student.yaml's number_of_epochs; 6 before 9600e10)")
     parser.add_argument("--ablation", nargs="+", metavar="GRID",
                         help="train the rows of these ablation grids (or all) on the main job's teacher and store")
     parser.add_argument("--scale", default="ablation", choices=["ablation", "main"],
@@ -325,7 +337,8 @@ def main():
         return
     runs, order = [], []
     for i in range(args.seeds):
-        plan, run = stages(args.corpus, args.hours, exp, seed_index=i, units=args.units, data_root=args.data_root)
+        plan, run = stages(args.corpus, args.hours, exp, seed_index=i, units=args.units, data_root=args.data_root,
+                           teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
         if args.seeds > 1:
             print(f"\n##### seed run {i + 1} of {args.seeds}: {run}", flush=True)
         for name, argv in plan:
