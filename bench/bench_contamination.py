@@ -1,4 +1,4 @@
-"""Benchmark of the contamination (kd_brain.contamination); runs in < 1 minute.
+"""Benchmark of the contamination (kd_brain.noise.contamination); runs in < 1 minute.
 
 Prints, side by side, in one run and on one core (``torch.set_num_threads(1)``):
 
@@ -28,8 +28,8 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kd_brain.contamination import Contaminator, NoisePool, read_noise_manifest, split_noise_pool  # noqa: E402
-from kd_brain.rooms import RoomBank, _simulate_one, simulate_room_bank  # noqa: E402
+from kd_brain.noise.contamination import Contaminator, NoisePool, read_noise_manifest, split_noise_pool  # noqa: E402
+from kd_brain.noise.rooms import RoomBank, _simulate_one, simulate_room_bank  # noqa: E402
 
 SR, SECONDS, N_UTTS, ROUNDS = 16000, 4.0, 30, 3
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")

@@ -12,7 +12,7 @@ H100/H200's ~990 TFLOP/s dense bf16 peak: a well-fed large batch) and 20 TFLOP/s
 loading, CTC and short utterances are counted). Both are assumptions. The CPU step of both
 models is timed side by side, so the CPU rate the estimate starts from is a
 measurement. Disk: the soft-label store at the bytes per frame measured on
-the main job's sub-word store (README, store table), 40 ms CTC frames.
+the main job's sub-word store (RESULTS.md, benchmarks), 40 ms CTC frames.
 
     python bench/bench_cost_model.py     # about 30 s; last line: one JSON object
 """
@@ -23,12 +23,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kd_brain.model import CTCModel, ConformerEncoderWrapper
+from kd_brain.model.conformer import CTCModel, ConformerEncoderWrapper
 
 # name: (d_model, layers, d_ffn, heads, kernel, frontend channels, units)
 MODELS = {"cpu_default": (144, 4, 576, 4, 15, 32, 256), "librispeech_large": (256, 12, 1024, 4, 31, 256, 512)}
 GPU_TFLOPS = (200.0, 20.0)  # assumptions, not measurements: 20% and 2% of ~990 TFLOP/s dense bf16
-STORE_B_PER_FRAME = 27.0    # measured: main job's sub-word store at k = 20 (README)
+STORE_B_PER_FRAME = 27.0    # measured: main job's sub-word store at k = 20 (RESULTS.md, benchmarks)
 FRAME_S = 0.04              # 10 ms fbank hop, 4x subsampling
 # (stage, model, audio hours at LibriSpeech 960 h, at the paper's 8,000 h, passes, backward?)
 STAGES = [("teacher", "librispeech_large", 100, 800, 100, True),        # teacher_large.yaml: 100 epochs

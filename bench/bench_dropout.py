@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training step with torch.nn.Dropout vs kd_brain.dropout.FastDropout.
+"""Training step with torch.nn.Dropout vs kd_brain.model.dropout.FastDropout.
 
 The default model (hparams/model.yaml: 4-layer conformer, d=144, 256 units,
 auxiliary character head) built twice from the same seed, one with
@@ -23,7 +23,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.nnet.losses import ctc_loss
 
-from kd_brain.dropout import FastDropout
+from kd_brain.model.dropout import FastDropout
 
 MODEL_YAML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hparams", "model.yaml")
 B, SECONDS, V, STEPS = 12, 2.5, 256, 10

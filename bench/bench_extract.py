@@ -6,7 +6,7 @@ d = 144, 256 unigram units), randomly initialised: only time is measured here. I
 input is 160 real utterances of the shared bed (speechocean762, ~8 min of
 audio, converted to WAV before timing); without ../shared, white noise of the
 same lengths. Both kinds of pass run through ``ExtractBrain.evaluate`` over
-the same fixed batches (``kd_brain.extract.plan_batches``), so data loading,
+the same fixed batches (``kd_brain.brains.extract.plan_batches``), so data loading,
 features and forward are identical; the write pass adds ``torch.topk``,
 quantization, zstd and the shard files (``SoftLabelWriter``, k = 20). Passes
 alternate (forward, write, forward, write, ...), so load on the machine
@@ -15,7 +15,7 @@ loop (``compute_objectives``, closing the shard, merging the index) over the
 fastest forward-only pass; ``write_overhead_passes`` compares the fastest
 whole passes of each kind, which differ by less than their run-to-run noise
 (a few %). Target: ``write_overhead`` <= 3%. ``nbest_overhead`` is the optional N-best
-(``nbest: 4``, beam 8, ``kd_brain.extract.NBestSearcher``) on top, reported,
+(``nbest: 4``, beam 8, ``kd_brain.brains.extract.NBestSearcher``) on top, reported,
 not targeted; a random teacher's flat outputs are the beam search's worst
 case (on the trained teachers it costs about a quarter of the forward pass).
 
@@ -43,11 +43,11 @@ from hyperpyyaml import load_hyperpyyaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from kd_brain.data import write_csv  # noqa: E402
-from kd_brain.dataio import make_dataset  # noqa: E402
-from kd_brain.extract import ExtractBrain, NBestSearcher, extract, plan_batches  # noqa: E402
+from kd_brain.data.prepare import write_csv  # noqa: E402
+from kd_brain.data.dataio import make_dataset  # noqa: E402
+from kd_brain.brains.extract import ExtractBrain, NBestSearcher, extract, plan_batches  # noqa: E402
 from kd_brain.store import SoftLabelWriter, merge_index  # noqa: E402
-from kd_brain.tokenizer import train_tokenizer  # noqa: E402
+from kd_brain.data.tokenizer import train_tokenizer  # noqa: E402
 
 SPEECH = os.path.join(REPO, "..", "shared", "data", "speech", "speechocean762")
 N_UTTS, K, BATCH, PASSES = 160, 20, 16, 5

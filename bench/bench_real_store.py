@@ -10,7 +10,7 @@ value, 4k B) and to icefall's MVQ codebook labels (8 uint8 codes per 20 ms
 frame: 16 B per 40 ms frame, lossy), with the disk cost per hour of audio and
 for the paper's 7,200 h.
 
-The frame-target ablations (issue #13, :mod:`kd_brain.targets`) need what
+The frame-target ablations (:mod:`kd_brain.kd.targets`) need what
 the store does not keep: the teacher's full distribution. When the store's
 teacher (``teacher_dir`` in its metadata, relative to the folder above the
 store's experiment) is there, it is run again over the store's utterances,
@@ -66,10 +66,10 @@ def teacher_outputs(store, root, max_seconds):
     about max_seconds of audio in all; and those seconds."""
     import torch
 
-    from kd_brain.data import read_csv, write_csv
-    from kd_brain.dataio import make_dataset
-    from kd_brain.extract import ExtractBrain, plan_batches
-    from kd_brain.modeldir import load_label_source
+    from kd_brain.data.prepare import read_csv, write_csv
+    from kd_brain.data.dataio import make_dataset
+    from kd_brain.brains.extract import ExtractBrain, plan_batches
+    from kd_brain.pipeline.modeldir import load_label_source
 
     class Capture(ExtractBrain):
         def compute_objectives(self, predictions, batch, stage):

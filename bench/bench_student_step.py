@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Student training step vs a plain CTC step: the cost of soft labels.
 
-Same model (the CPU default: 4-layer conformer, d=144, 30 units), same batch
+Same model (the CPU default's encoder, 4-layer conformer, d=144, with 30 output
+units, the character configuration's), same batch
 (16 utterances of 4 s), same optimizer. The CTC step is forward + CTC loss +
 backward + AdamW step. The student step adds what distillation adds: reading
 the batch's top-k labels (k=20) from a soft-label store by utterance ID,
@@ -22,8 +23,8 @@ import torch
 from speechbrain.lobes.features import Fbank
 from speechbrain.nnet.losses import ctc_loss
 
-from kd_brain.losses import FrameKD
-from kd_brain.model import CTCModel, ConformerEncoderWrapper
+from kd_brain.kd.losses import FrameKD
+from kd_brain.model.conformer import CTCModel, ConformerEncoderWrapper
 from kd_brain.store import SoftLabelStore, SoftLabelWriter, merge_index
 
 B, SECONDS, V, K, STEPS = 16, 4.0, 30, 20, 12

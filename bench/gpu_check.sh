@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 14): the whole chain on the real bed (speechocean762 in ../shared/data) with
+# The GPU check: the whole chain on the real bed (speechocean762 in ../shared/data) with
 # the full-scale model sizes (hparams/large.yaml, as teacher_large.yaml builds them), bf16, on one
 # GPU, then the paper table. Sized for at most 10 minutes on one H100/H200-class GPU: the teacher
 # trains from scratch (the CPU bed's warm start is the small model), for few epochs, so its WERs

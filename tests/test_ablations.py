@@ -3,9 +3,12 @@ tests/test_pipeline.py runs a grid end to end on the tiny corpus)."""
 
 import pytest
 
-from tests.conftest import load_recipe
+from kd_brain.pipeline import grids as abl
+from kd_brain.pipeline.plan import yaml_value
+from kd_brain.pipeline.summary import write_report
+from tests.conftest import REPO
 
-abl = load_recipe("ablations")
+ROOT = str(REPO)
 EXP = "exp/x"
 
 
@@ -17,7 +20,7 @@ def train_argv(row):
 
 @pytest.mark.parametrize("grid", [g for g in abl.GRIDS if g not in ("temperature", "labelled_fraction")])
 def test_rows_train_distinct_models_with_the_main_students_command(grid):
-    g = abl.Grid(EXP, "ablation")
+    g = abl.Grid(ROOT, EXP, "ablation")
     rows = g.rows(grid)
     models = [r.model for r in rows]
     assert len(set(models)) == len(models) and "abl_k20" in models  # every grid has the base row
@@ -33,7 +36,7 @@ def test_rows_train_distinct_models_with_the_main_students_command(grid):
 
 
 def test_k_grid_reads_the_main_store_and_extracts_all_units_once():
-    rows = abl.Grid(EXP, "ablation", vocab_size=256).rows("k")
+    rows = abl.Grid(ROOT, EXP, "ablation", vocab_size=256).rows("k")
     assert [r.label for r in rows] == ["k=1", "k=5", "k=10", "base (k=20, T=2)", "k=40", "k=all (256)"]
     assert "--k=5" in train_argv(rows[1]) and "--number_of_epochs=2" in train_argv(rows[1])
     assert not any(a.startswith("--store_dir") for a in train_argv(rows[4]))  # the main job's k = 40 store
@@ -43,7 +46,7 @@ def test_k_grid_reads_the_main_store_and_extracts_all_units_once():
 
 
 def test_temperature_grid_takes_the_dev_best_k_and_needs_the_k_grid():
-    g = abl.Grid(EXP, "ablation")
+    g = abl.Grid(ROOT, EXP, "ablation")
     with pytest.raises(RuntimeError, match="run --ablation k first"):
         g.rows("temperature", {"wer": {}})
     results = {"wer": {"abl_k1": {"dev": 30.0, "clean": 1.0}, "abl_k5": {"dev": 20.0, "clean": 99.0},
@@ -57,7 +60,7 @@ def test_temperature_grid_takes_the_dev_best_k_and_needs_the_k_grid():
 
 
 def test_main_scale_base_row_is_the_main_jobs_student():
-    g = abl.Grid(EXP, "main")
+    g = abl.Grid(ROOT, EXP, "main")
     base = g.rows("blank")[0]
     assert base.model == "student" and base.stages[0][0] == "student"
     assert not any(a.startswith("--number_of_epochs") for a in train_argv(g.rows("blank")[1]))
@@ -66,7 +69,7 @@ def test_main_scale_base_row_is_the_main_jobs_student():
 
 @pytest.mark.parametrize("scale", ["ablation", "main"])
 def test_headline_rows_are_the_models_of_their_own_grids(scale):
-    g = abl.Grid(EXP, scale, vocab_size=256)
+    g = abl.Grid(ROOT, EXP, scale, vocab_size=256)
     rows = g.rows("headline")
     models = {name: [r.model for r in g.rows(name, {"wer": {}})] for name in ("k", "blank", "clean_share")}
     assert rows[0].model == g.base().model and rows[1].model == models["k"][-1]  # k = all
@@ -77,13 +80,12 @@ def test_headline_rows_are_the_models_of_their_own_grids(scale):
     assert epochs == ([] if scale == "main" else ["--number_of_epochs=2"] * 4)
 
 
-def test_equal_wall_time_row_gets_teacher_plus_student_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(abl, "REPO", str(tmp_path))
+def test_equal_wall_time_row_gets_teacher_plus_student_time(tmp_path):
     for model, rows in {"teacher": [(1, 500.0), (2, 1000.0)], "abl_k20": [(1, 90.0), (2, 180.0)]}.items():
         (tmp_path / EXP / model).mkdir(parents=True)
         (tmp_path / EXP / model / "curve.csv").write_text(
             "epoch,elapsed_s,train_loss,valid_loss,dev_wer\n" + "".join(f"{e},{t},1,1,50\n" for e, t in rows))
-    row = abl.Grid(EXP, "ablation").rows("init")[2]
+    row = abl.Grid(str(tmp_path), EXP, "ablation").rows("init")[2]
     name, build = row.stages[-1]
     argv = build()
     assert name == "abl_random_init_time" and "--init_from=null" in argv and "--number_of_epochs=14" in argv
@@ -91,32 +93,32 @@ def test_equal_wall_time_row_gets_teacher_plus_student_time(tmp_path, monkeypatc
 
 
 def test_labelled_fraction_rows_train_a_new_teacher_on_a_tenth_in_its_own_experiment():
-    rows = abl.Grid(EXP, "ablation").rows("labelled_fraction")
+    rows = abl.Grid(ROOT, EXP, "ablation").rows("labelled_fraction")
     assert [(r.model, r.exp) for r in rows] == [("abl_k20", None), ("teacher_seq", f"{EXP}_lab10"),
                                                 ("student", f"{EXP}_lab10")]
     stages = dict(rows[2].stages)
     assert list(stages) == ["prepare", "teacher", "teacher_seq", "extract", "student"]
     for name in ("prepare", "teacher"):  # the main job's corpus and test sets, a tenth labelled
         assert "--labelled_fraction=0.1" in stages[name] and f"--corpus_dir={EXP}/corpus" in stages[name]
-    main_epochs = abl.yaml_int("hparams/teacher.yaml", "number_of_epochs")
+    main_epochs = yaml_value(ROOT, "hparams/teacher.yaml", "number_of_epochs")
     # the main teacher's number of updates: its epochs x 0.8 / 0.1 (15 epochs: 120)
     assert f"--number_of_epochs={main_epochs * 8}" in stages["teacher"]
     assert "--number_of_epochs=2" in stages["student"] and f"--exp_folder={EXP}_lab10" in stages["student"]
 
 
 def test_labelled_fraction_students_of_the_two_scales_do_not_share_a_name():
-    abl_rows, main_rows = (abl.Grid(EXP, scale).rows("labelled_fraction") for scale in ("ablation", "main"))
+    abl_rows, main_rows = (abl.Grid(ROOT, EXP, scale).rows("labelled_fraction") for scale in ("ablation", "main"))
     assert abl_rows[2].model == "student" and main_rows[2].model == "main_student"
     argv = dict(main_rows[2].stages)["main_student"]
     assert "--model_name=main_student" in argv and not any(a.startswith("--number_of_epochs") for a in argv)
 
 
-def test_report_shows_another_experiments_rows_with_the_base_and_each_rows_own_command(tmp_path, monkeypatch):
+def test_report_shows_another_experiments_rows_with_the_base_and_each_rows_own_command(tmp_path):
     """A grid whose new rows live in another experiment (labelled_fraction) keeps its base row in the
     table; a row's command is the stage that trains its model (teacher_seq), not the row's last stage."""
     import json
 
-    monkeypatch.setattr(abl, "REPO", str(tmp_path))
+    (tmp_path / "hparams").symlink_to(REPO / "hparams")  # a checkout: its configs name the default rows
     errs = {"clean": {f"u{i}": [i % 3, 10] for i in range(30)}}
     for exp, models in {EXP: ["teacher_seq", "abl_k20"], f"{EXP}_lab10": ["teacher_seq", "student"]}.items():
         (tmp_path / exp / "stages").mkdir(parents=True)
@@ -126,7 +128,7 @@ def test_report_shows_another_experiments_rows_with_the_base_and_each_rows_own_c
         for m in models + ["extract"]:
             (tmp_path / exp / "stages" / f"{m}.done").write_text(json.dumps(
                 {"seconds": 1, "commit": "c0ffee", "command": f"python {m}.py --exp_folder={exp}"}))
-    report = open(abl.write_report(EXP)).read()
+    report = open(write_report(str(tmp_path), EXP)).read()
     section = report.split("## Ablation: labelled_fraction (ablation scale)")[1].split("## ")[0]
     assert "| 80% labelled (the main job) | abl_k20 | 21.00 |" in section
     assert "| 10% labelled: student | student | 21.00 |" in section

@@ -1,4 +1,4 @@
-"""Breakdowns (kd_brain.breakdown), their charts (kd_brain.plots) and the recipe script, on toy data."""
+"""Breakdowns (kd_brain.results.breakdown), their charts (kd_brain.results.plots) and the recipe script, on toy data."""
 
 import json
 import math
@@ -8,10 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from kd_brain import acoustics, breakdown as bd
-from kd_brain import plots
-from kd_brain.bootstrap import _resample_weights
-from tests.conftest import load_recipe, write_rows
+from kd_brain.noise import acoustics
+from kd_brain.results import breakdown as bd
+from kd_brain.results import plots
+from kd_brain.results.bootstrap import _resample_weights
+from tests.conftest import load_recipe, need_module, write_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIELDS = ["ID", "duration", "wav", "spk_id", "wrd", "condition", "playback", "seed", "n_noises", "noise_ids",
@@ -139,7 +140,7 @@ def test_schroeder_rt60_with_noise_floor():
 
 
 def test_sabine_inverts_pyroomacoustics():
-    pra = pytest.importorskip("pyroomacoustics")
+    pra = need_module("pyroomacoustics")
     dims = [6.0, 4.0, 2.8]
     absorption, _ = pra.inverse_sabine(0.55, dims)
     assert acoustics.sabine_rt60(dims, absorption) == pytest.approx(0.55, rel=1e-3)
@@ -188,7 +189,7 @@ def fabricate_experiment(root):
     torch.save({"version": 1, "options": {"sample_rate": 16000}, "rooms": rooms}, str(exp / "rooms.pt"))
     (exp / "student" / "hyperparams.yaml").write_text(
         "noise_csv: data/noise/noise.csv   # ID, kind\nroom_bank: exp/toy/rooms.pt\nrir_csv: data/rir/rir.csv\n"
-        "contaminator: !name:kd_brain.contamination.Contaminator.from_files\n")
+        "contaminator: !name:kd_brain.noise.contamination.Contaminator.from_files\n")
     sim = ROWS[:2] + [row("u5", [18.0], ["m1"], "sim0002", "sim0002/0")]
     write_rows(exp / "conditions" / "noisy_sim.csv", [{k: r[k] for k in FIELDS} for r in sim])
     write_rows(exp / "conditions" / "rerecorded.csv", ROWS)

@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from tests.conftest import load_recipe
+from kd_brain.pipeline import plan as run
+from kd_brain.pipeline import runner
+from tests.conftest import REPO, load_recipe
+
+ROOT = str(REPO)
 
 
 def scores(errors):
@@ -54,39 +58,35 @@ def test_curves_script_tables_and_plots_learning_curves(tmp_path, capsys):
 
 def test_run_units_char_is_one_setting():
     """`run.py --units char`: every stage gets the character keys, the user's own overrides win."""
-    run = load_recipe("run")
     assert run.unit_overrides("subword", ["--lr=1"]) == ["--lr=1"]
     char = run.unit_overrides("char", ["--word_score=0.5"])
     assert "--token_type=char" in char and "--vocab_size=30" in char and "--aux_ctc_weight=0.0" in char
     assert [a for a in char if a.startswith("--word_score")] == ["--word_score=0.5"]
-    plan, _ = run.stages("speechocean762", 1.0, "exp/speechocean762_char", units="char")
+    plan, _ = run.stages(ROOT, "speechocean762", 1.0, "exp/speechocean762_char", units="char")
     assert "--init_from=exp/synthetic_char/teacher" in dict(plan)["teacher"]
-    plan, _ = run.stages("speechocean762", 1.0, "exp/speechocean762")
+    plan, _ = run.stages(ROOT, "speechocean762", 1.0, "exp/speechocean762")
     assert "--init_from=exp/synthetic/teacher" in dict(plan)["teacher"]
 
 
 def test_run_epoch_options_reach_their_models_only():
     """--teacher_epochs / --student_epochs: the teacher, or the student and both baselines; the
     sequence-training stages keep their single epoch; without them the YAML decides (no override)."""
-    run = load_recipe("run")
-    plan = dict(run.stages("synthetic", 1.0, "exp/x", teacher_epochs=20, student_epochs=6)[0])
+    plan = dict(run.stages(ROOT, "synthetic", 1.0, "exp/x", teacher_epochs=20, student_epochs=6)[0])
     epochs = {name: [a for a in argv if a.startswith("--number_of_epochs=")] for name, argv in plan.items()}
     assert epochs["teacher"] == ["--number_of_epochs=20"]
     for name in ("student", "multicondition", "pseudo_label"):
         assert epochs[name] == ["--number_of_epochs=6"], name
     assert epochs["teacher_seq"] == epochs["student_seq"] == ["--number_of_epochs=1"]
     assert not epochs["prepare"] and not epochs["extract"]
-    default = dict(run.stages("synthetic", 1.0, "exp/x")[0])
+    default = dict(run.stages(ROOT, "synthetic", 1.0, "exp/x")[0])
     assert not any(a.startswith("--number_of_epochs=") for n in ("teacher", "student") for a in default[n])
 
 
 def test_stages_import_this_checkouts_library(tmp_path, monkeypatch):
     """A stage runs with its checkout first on PYTHONPATH, so another clone's editable install (setup.sh
     in a second clone) cannot supply kd_brain to this one's stages."""
-    run = load_recipe("run")
-    monkeypatch.setattr(run, "REPO", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    run.run_stage(".", "where", ["-c", "import os; open('path.txt', 'w').write(os.environ['PYTHONPATH'])"],
+    runner.run_stage(str(tmp_path), ".", "where", ["-c", "import os; open('path.txt', 'w').write(os.environ['PYTHONPATH'])"],
                   [], force=False)
     assert (tmp_path / "path.txt").read_text().split(":") == [str(tmp_path), "/elsewhere"]
     assert json.loads((tmp_path / "stages" / "where.done").read_text())["seconds"] >= 0

@@ -9,9 +9,9 @@ import scipy.signal
 import soundfile as sf
 import torch
 
-from kd_brain.conditions import FIELDS, PlaybackChain, write_conditions
-from kd_brain.contamination import Contaminator, NoisePool, split_noise_pool
-from kd_brain.rooms import MeasuredRIRs, RoomBank, simulate_room_bank
+from kd_brain.noise.conditions import FIELDS, PlaybackChain, write_conditions
+from kd_brain.noise.contamination import Contaminator, NoisePool, split_noise_pool
+from kd_brain.noise.rooms import MeasuredRIRs, RoomBank, simulate_room_bank
 
 from tests.conftest import write_rows as write_csv
 

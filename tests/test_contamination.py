@@ -10,10 +10,11 @@ import soundfile as sf
 import torch
 from speechbrain.lobes.features import Fbank
 
-from kd_brain.contamination import Contaminator, NoiseError, NoisePool, seed_for, split_noise_pool
-from kd_brain.rooms import MeasuredRIRs, RIRError, RoomBank, simulate_room_bank
+from kd_brain.noise.contamination import Contaminator, NoiseError, NoisePool, split_noise_pool
+from kd_brain.pipeline.seeds import seed_for
+from kd_brain.noise.rooms import MeasuredRIRs, RIRError, RoomBank, simulate_room_bank
 
-from tests.conftest import write_rows as write_csv
+from tests.conftest import need, write_rows as write_csv
 
 SR = 16000
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -258,8 +259,8 @@ def test_bad_settings(bed):
         make(bed, n_noise_probs=(0, 0, 0, 0, 1)).plan(1000, 0)
 
 
-@pytest.mark.skipif(not (SHARED / "rir" / "rir.csv").is_file(), reason="shared/data absent")
 def test_shared_measured_rirs_all_accepted_and_aligned():
+    need((SHARED / "rir" / "rir.csv").is_file(), f"{SHARED} absent (the shared data beside the checkout)")
     rirs = MeasuredRIRs(str(SHARED / "rir" / "rir.csv"))
     assert len(rirs.rirs) == sum(1 for _ in open(SHARED / "rir" / "rir.csv")) - 1
     rir, peak = rirs.rir("sb-tests_rir1_ch0")  # the latest peak of the set (137 ms)

@@ -3,8 +3,8 @@
 import numpy as np
 import soundfile as sf
 
-from kd_brain.corpora import librispeech_to_kaldi
-from kd_brain.data import prepare_corpus, read_csv
+from kd_brain.data.librispeech import librispeech_to_kaldi
+from kd_brain.data.prepare import prepare_corpus, read_csv
 
 
 def make_librispeech(root, subset, speakers):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kd_brain.data import CorpusError, prepare_corpus, read_csv, read_kaldi_dir, split_speakers
+from kd_brain.data.prepare import CorpusError, prepare_corpus, read_csv, read_kaldi_dir, split_speakers
 from tests.conftest import write_kaldi_dir
 
 

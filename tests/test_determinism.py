@@ -3,13 +3,12 @@
 import hashlib
 import os
 
-import pytest
 import torch
 
-from kd_brain.modeldir import best_checkpoint, saved_config
+from kd_brain.pipeline.modeldir import best_checkpoint, saved_config
 from kd_brain.synth.corpus import generate_corpus
 from kd_brain.synth.tts import detect_engines
-from tests.conftest import REPO, load_recipe, overrides_argv
+from tests.conftest import REPO, load_recipe, need, overrides_argv
 
 TINY_CORPUS = dict(hours=0.006, seed=11, n_train_speakers=6, n_test_speakers=3, n_noise_speakers=2,
                    n_music=1, n_talk=1, num_workers=2)
@@ -27,8 +26,8 @@ def audio_hashes(root):
 
 def test_corpus_generated_twice_with_one_seed_is_byte_identical(tmp_path):
     engines = {e for e, i in detect_engines().items() if i["available"]}
-    if engines != {"espeak", "flite", "piper"}:
-        pytest.skip(f"needs all three TTS engines (setup.sh installs them); found {sorted(engines)}")
+    need(engines == {"espeak", "flite", "piper"},
+         f"needs all three TTS engines (setup.sh installs them); found {sorted(engines)}")
     info = generate_corpus(str(tmp_path / "a"), **TINY_CORPUS)
     generate_corpus(str(tmp_path / "b"), **TINY_CORPUS)
     assert all(sum(info["engines"][e]["utterances"].values()) > 0 for e in engines)  # piper included

@@ -2,26 +2,26 @@
 
 The comparisons run both sides with dropout off and one torch thread per
 process, on the tiny corpus. Two ranks take the 1-process steps on the same
-global batches (``kd_brain.ddp.RankBatchSplitter``), so what separates the
+global batches (``kd_brain.brains.ddp.RankBatchSplitter``), so what separates the
 curves is arithmetic: the gradient is summed in two halves (each half is
 padded to the global batch's length, as one process pads it). Measured:
 equal to the curve's 4 decimals (teacher, 2 epochs; student, 1 epoch), so
 ``LOSS_RTOL`` = 1e-4 covers that rounding. It fails on real differences: with
-each share padded only to its own longest utterance (before
-``kd_brain.ddp.pad_to_global_length``) the teacher's epoch-1 train loss was
-0.23% off; SpeechBrain's default split (whole batches per rank) takes half
-the steps on other batches.
+each share padded only to its own longest utterance (what
+``kd_brain.brains.ddp.pad_to_global_length`` prevents) the teacher's epoch-1
+train loss is 0.23% off; SpeechBrain's default split (whole batches per rank)
+takes half the steps on other batches.
 
 Also here: a 2-rank teacher killed (SIGKILL: torchrun and both ranks) after
 an intra-epoch checkpoint, then rerun, resumes at that step (SpeechBrain's
 ``SaveableDataLoader`` skips the batches done; ``RankBatchSplitter`` needs
-nothing for that) and ends with the 1-process curve. Without the fixes it
-found, the rerun hung at the first intra-epoch save (the ranks' checkpoint
-deletions disagreed: ``kd_brain.brain.atomic_checkpoints``), and its epoch-1
-train loss was 5.1856 for 5.1939 (rank 0's running loss restored on every
-rank: ``TeacherBrain._save_intra_epoch_ckpt``). Sequence training (MWER, the
+nothing for that) and ends with the 1-process curve. It catches the two ways
+this can fail: the rerun hangs at the first intra-epoch save when the ranks'
+checkpoint deletions disagree (``kd_brain.brains.ctc.atomic_checkpoints``
+prevents it), and its epoch-1 train loss differs when rank 0's running loss
+is restored on every rank (``TeacherBrain._save_intra_epoch_ckpt`` prevents it). Sequence training (MWER, the
 teacher_seq stage) on 2 ranks gives the 1-process curve; its two terms take
-one share each (``kd_brain.student.mwer_rank_loss``).
+one share each (``kd_brain.brains.student.mwer_rank_loss``).
 """
 
 import contextlib
@@ -38,11 +38,11 @@ import pytest
 import torch
 import yaml
 
-from kd_brain.ddp import RankBatchSplitter, float32_outputs, global_mean, rank_share
+from kd_brain.brains.ddp import RankBatchSplitter, float32_outputs, global_mean, rank_share
 from tests.conftest import REPO, TINY_ARCH, flow, load_recipe, overrides_argv, student_argv
 
 # Relative tolerance of the 2-rank losses against 1 rank (see the module docstring): the curve's
-# rounding; the measured difference is 0 at 4 decimals, a padding mismatch alone gave 2.3e-3.
+# rounding; the measured difference is 0 at 4 decimals, a padding mismatch alone gives 2.3e-3.
 LOSS_RTOL = 1e-4
 NO_DROPOUT = {**TINY_ARCH, "dropout": 0.0}
 TRAIN = REPO / "recipes" / "KD-Noise" / "train.py"
@@ -115,12 +115,12 @@ def test_without_ddp_the_share_and_mean_change_nothing():
 
 def test_mwer_rank_shares_give_the_global_batch_loss():
     """MWER's risk and CTC average over different utterances (the risk skips 1-hypothesis N-bests): with
-    one share per term the mean over 2 simulated ranks is the 1-process loss and gradient; the single
-    utterance-count share was off."""
+    one share per term the mean over 2 simulated ranks is the 1-process loss and gradient; a single
+    utterance-count share is not."""
     import speechbrain as sb
 
-    from kd_brain.losses import MWER
-    from kd_brain.student import mwer_rank_loss
+    from kd_brain.kd.losses import MWER
+    from kd_brain.brains.student import mwer_rank_loss
 
     torch.manual_seed(0)
     logits = torch.randn(3, 8, 5, requires_grad=True)
@@ -152,7 +152,7 @@ def test_mwer_rank_shares_give_the_global_batch_loss():
 
 
 def test_output_layers_are_float32_under_bf16_autocast():
-    from kd_brain.model import CTCModel, ConformerEncoderWrapper
+    from kd_brain.model.conformer import CTCModel, ConformerEncoderWrapper
 
     enc = ConformerEncoderWrapper(num_layers=2, d_model=16, d_ffn=32, nhead=2, kernel_size=3)
     m = CTCModel(n_mels=40, d_model=16, encoder=enc, vocab_size=50, frontend_channels=4, aux_vocab_size=6,
@@ -304,7 +304,7 @@ def ddp_student_argv(exp, name, *extra):
 def test_student_two_ranks_match_one(kd_exp, ctc_weight):
     """Frame KD on contaminated audio: the same noise per (seed, epoch, utterance) on any rank. With
     ``ctc_weight`` the labelled CTC term averages over labelled utterances, KD over frames: one share
-    each (``kd_brain.student.shared_sum``; one frame share for their sum failed this)."""
+    each (``kd_brain.brains.student.shared_sum``; one frame share for their sum failed this)."""
     name = f"c{ctc_weight:g}"
     extra = [f"--ctc_weight={ctc_weight}"]
     load_recipe("train").main(ddp_student_argv(kd_exp, f"ddp_st1_{name}", *extra))
@@ -317,7 +317,7 @@ def test_blank_weighted_frame_kd_shares_are_weight_sums():
     """With blank-dominated frames down-weighted, FrameKD averages over frame weights: a rank's share of
     their sum (``FrameKD.frame_weights``) gives the global batch's loss and gradient; its frame count
     does not. (The tiny teacher of the 2-rank test has no blank-dominated frame, so it is checked here.)"""
-    from kd_brain.losses import FrameKD
+    from kd_brain.kd.losses import FrameKD
 
     torch.manual_seed(0)
     logits = torch.randn(3, 6, 5, requires_grad=True)
@@ -379,7 +379,7 @@ def test_bf16_extraction_within_the_quantization_bound(kd_exp, tmp_path):
     import numpy as np
 
     from kd_brain.store import SoftLabelStore
-    from kd_brain.store_codec import quant_bound
+    from kd_brain.store.codec import quant_bound
 
     args = ["--noprogressbar", "--k=5", "--nbest=0", f"--exp_folder={kd_exp}"]
     extract = load_recipe("extract").main

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from kd_brain.dropout import FastDropout, use_fast_dropout
+from kd_brain.model.dropout import FastDropout, use_fast_dropout
 
 MODEL_YAML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hparams", "model.yaml")
 

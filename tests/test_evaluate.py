@@ -10,10 +10,10 @@ import speechbrain as sb
 import torch
 from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
-from kd_brain.evaluate import EvalBrain, results_markdown, update_results
-from kd_brain.lm import LexiconLMDecoder, build_lm
-from kd_brain.tokenizer import train_tokenizer
-from kd_brain.data import write_csv
+from kd_brain.brains.evaluate import EvalBrain, update_results
+from kd_brain.decode.lm import LexiconLMDecoder, build_lm
+from kd_brain.data.tokenizer import train_tokenizer
+from kd_brain.data.prepare import write_csv
 
 
 @pytest.fixture(scope="module")

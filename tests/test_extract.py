@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from kd_brain.data import read_csv
-from kd_brain.modeldir import load_label_source
+from kd_brain.data.prepare import read_csv
+from kd_brain.pipeline.modeldir import load_label_source
 from kd_brain.store import IncompatibleStoreError, SoftLabelStore
 from tests.conftest import REPO, load_recipe
 
@@ -70,7 +70,7 @@ def test_mismatched_teacher_refused(tiny_teacher, store_dir):
 
 
 def test_two_ranks_write_the_same_records_as_one(tiny_teacher, store_dir, side_stores, tmp_path):
-    """Also the sampled store and the side arrays, written in the same pass (issue #13)."""
+    """Also the sampled store and the side arrays, written in the same pass."""
     out = tmp_path / "two_ranks"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            str(REPO / "recipes" / "KD-Noise" / "extract.py"), str(REPO / "hparams" / "extract.yaml"),
@@ -98,7 +98,7 @@ def test_nonfinite_teacher_output_stops_with_utterance_id(tmp_path):
 
     import speechbrain as sb
 
-    from kd_brain.extract import ExtractBrain
+    from kd_brain.brains.extract import ExtractBrain
     from kd_brain.store import SoftLabelWriter, stored_ids
 
     brain = ExtractBrain(modules={}, hparams={}, run_opts={"device": "cpu"})
@@ -134,7 +134,7 @@ def test_real_store_size_benchmark_reencodes_the_stored_top_k(kd_exp):
     assert 1 <= res["sampled_distinct_units_per_frame_K40"] <= 30
 
 
-# ---------------------------------------------------------------- targets tail and sampled (issue #13)
+# ---------------------------------------------------------------- targets tail and sampled
 
 SIDE = ["--side_temperatures=[1.0,2.0,4.0]", "--sampled_k=12"]
 
@@ -229,15 +229,10 @@ def student_batch_loss(exp, *extra):
     """The frame criterion's training loss on one batch of the student's data (train.py's student_data)."""
     import speechbrain as sb
 
-    from kd_brain.modeldir import load_tokenizer, origin_config
-    from kd_brain.student import StudentBrain
+    from tests.conftest import student_brain
 
     hp = student_hparams(exp, *extra)
-    thp = origin_config(hp["teacher_dir"])
-    hp["tokenizer"] = tok = load_tokenizer(thp)
-    train_set, _ = load_recipe("train").student_data(hp, tok, thp["data_folder"])
-    brain = StudentBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
-                         run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=None)
+    brain, train_set = student_brain(hp)
     batch = next(iter(sb.dataio.dataloader.make_dataloader(train_set, batch_size=4)))
     with torch.no_grad():
         predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
@@ -245,7 +240,7 @@ def student_batch_loss(exp, *extra):
 
 
 def test_student_reads_the_tail_and_sampled_targets(tiny_teacher, side_stores):
-    from kd_brain.losses import FrameKD
+    from kd_brain.kd.losses import FrameKD
 
     topk, batch, hp, (log_probs, lens) = student_batch_loss(tiny_teacher, f"--store_dir={side_stores / 'topk'}")
     assert batch.kd_side.data.shape[-1] == 3  # the store has a side array: the batch carries it
@@ -281,7 +276,7 @@ def test_sampled_writer_gets_the_same_draws_in_any_batch(tmp_path):
 
     import speechbrain as sb
 
-    from kd_brain.extract import ExtractBrain
+    from kd_brain.brains.extract import ExtractBrain
     from kd_brain.store import SoftLabelWriter, merge_index
 
     g = torch.Generator().manual_seed(0)

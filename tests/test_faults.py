@@ -27,13 +27,13 @@ import time
 import pytest
 import yaml
 
-from kd_brain.atomic import is_temporary
-from tests.conftest import REPO, SHARED, load_recipe, overrides_argv, student_argv
+from kd_brain.pipeline.atomic import is_temporary
+from tests.conftest import REPO, SHARED, load_recipe, need, overrides_argv, student_argv
 
 SLOW_TRIALS = 10
 # the stage's own modules, imported once in the forkserver (set before it starts: at collection)
-multiprocessing.set_forkserver_preload(["torch", "speechbrain", "hyperpyyaml", "kd_brain.brain", "kd_brain.store",
-                                        "kd_brain.conditions", "kd_brain.synth.corpus", "tests.test_faults"])
+multiprocessing.set_forkserver_preload(["torch", "speechbrain", "hyperpyyaml", "kd_brain.brains.ctc", "kd_brain.store",
+                                        "kd_brain.noise.conditions", "kd_brain.synth.corpus", "tests.test_faults"])
 CTX = multiprocessing.get_context("forkserver")
 SCRIPTS = {"corpus": "make_synthetic", "prepare": "prepare", "train": "train", "extract": "extract"}
 LOGS = {"log.txt", "env.log", "train_log.txt", ".lock"}  # logs grow on a rerun; the lock is no output
@@ -208,8 +208,7 @@ def corpus_stage(tmp):
     """make_synthetic.py on a 20-second corpus (3 engines, music and talk noise); 2 worker processes."""
     from kd_brain.synth.tts import detect_engines
 
-    if not any(i["available"] for i in detect_engines().values()):
-        pytest.skip("no TTS engine (setup.sh installs them)")
+    need(any(i["available"] for i in detect_engines().values()), "no TTS engine (setup.sh installs them)")
     argv = lambda d: ["--out", str(d), "--hours", "0.006", "--seed", "11", "--train-speakers", "6",  # noqa: E731
                       "--test-speakers", "3", "--noise-speakers", "2", "--music-clips", "1", "--talk-clips", "1",
                       "--workers", "2"]
@@ -228,7 +227,7 @@ def corpus_stage(tmp):
 
 def tiny_noise(tmp):
     """A manifest of 8 of the real noise clips (3 music, 3 talk, 2 reserved): the conditions decode 4, not 72."""
-    from kd_brain.data import read_csv, write_csv
+    from kd_brain.data.prepare import read_csv, write_csv
 
     rows = read_csv(str(SHARED / "noise" / "noise.csv"))
     keep = {"warzone2100": 3, "asterisk-en": 3, "fillets-en": 1, "singularity": 1}

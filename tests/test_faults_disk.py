@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from kd_brain.atomic import is_temporary
-from kd_brain.lock import ENV, LOCK_FILE, ExperimentLock, FolderInUseError, experiment_lock, take_lock
+from kd_brain.pipeline.atomic import is_temporary
+from kd_brain.pipeline.lock import ENV, LOCK_FILE, ExperimentLock, FolderInUseError, experiment_lock, take_lock
 from tests.conftest import REPO, load_recipe, overrides_argv
 
 REAL_OPEN = builtins.open
@@ -85,14 +85,14 @@ def store_writes(d):
 
 
 def results_writes(d):
-    from kd_brain.evaluate import update_results
+    from kd_brain.brains.evaluate import update_results
 
     update_results(str(d), "teacher", {"clean": {"greedy": 10.0, "beam": 9.5, "n_utts": 3,
                                                  "utt_errors": {"beam": {"u1": [1, 4]}}}})
 
 
 def csv_writes(d):
-    from kd_brain.data import write_csv
+    from kd_brain.data.prepare import write_csv
 
     write_csv(str(d / "labelled.csv"), [{"ID": f"u{i}", "wrd": "PLAY SOME MUSIC " * 5} for i in range(40)], ["ID", "wrd"])
 
@@ -104,13 +104,13 @@ def corpus_wav_writes(d):
 
 
 def condition_wav_writes(d):
-    from kd_brain.atomic import write_wav  # what kd_brain.conditions writes each noisy utterance with
+    from kd_brain.pipeline.atomic import write_wav  # what kd_brain.noise.conditions writes each noisy utterance with
 
     write_wav(str(d / "noisy_sim" / "u1.wav"), np.cos(np.arange(8000) / 5.0) * 0.2, 16000)
 
 
 def arpa_writes(d):
-    from kd_brain.lm import write_arpa
+    from kd_brain.decode.lm import write_arpa
 
     write_arpa([["PLAY", "SOME", "MUSIC"], ["STOP"], ["PLAY", "IT"]] * 3, str(d / "words.arpa"))
 
@@ -122,9 +122,9 @@ def kaldi_writes(d):
 
 
 def stage_done_writes(d):
-    run = load_recipe("run")
-    run.REPO = str(d)  # <d>/stages/noop.done
-    run.run_stage(".", "noop", ["-c", "pass"], [], force=False)
+    from kd_brain.pipeline.runner import run_stage
+
+    run_stage(str(d), ".", "noop", ["-c", "pass"], [], force=False)  # <d>/stages/noop.done
 
 
 WRITERS = [csv_writes, store_writes, results_writes, corpus_wav_writes, condition_wav_writes, arpa_writes,
@@ -161,7 +161,7 @@ def test_full_disk_leaves_no_half_written_file(writer, tmp_path, monkeypatch, ca
 
 
 def test_full_disk_keeps_the_older_version(tmp_path, monkeypatch):
-    from kd_brain.data import read_csv, write_csv
+    from kd_brain.data.prepare import read_csv, write_csv
 
     path = str(tmp_path / "dev.csv")
     write_csv(path, [{"ID": "old", "wrd": "OLD"}], ["ID", "wrd"])
@@ -177,8 +177,8 @@ def test_full_disk_in_the_kernel_names_the_file(tmp_path):
     script = textwrap.dedent(f"""
         import json, os, resource, signal, sys, numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from kd_brain.atomic import write_json, write_wav
-        from kd_brain.data import write_csv
+        from kd_brain.pipeline.atomic import write_json, write_wav
+        from kd_brain.data.prepare import write_csv
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         d, out = {str(tmp_path)!r}, {{}}
@@ -205,11 +205,11 @@ def test_full_disk_in_the_kernel_names_the_file(tmp_path):
 HOLDER = textwrap.dedent("""
     import os, subprocess, sys
     sys.path.insert(0, {repo!r})
-    from kd_brain.lock import held_fds, take_lock
+    from kd_brain.pipeline.lock import held_fds, take_lock
     lock = take_lock({folder!r}, what="holder")
     print("held", os.getpid(), flush=True)
     if {child!r}:  # a child of the owner (a stage under run.py), once by /proc, once by the environment only
-        child = "import sys; sys.path.insert(0, {repo!r}); import kd_brain.lock as L; " + {child!r} + \\
+        child = "import sys; sys.path.insert(0, {repo!r}); import kd_brain.pipeline.lock as L; " + {child!r} + \\
             "; print(L.ExperimentLock({folder!r}).acquire().nested)"
         print("child", subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout.strip(),
               flush=True)
@@ -269,7 +269,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_logged(tmp_path, caplo
     p = holder(tmp_path, die=True)
     p.wait()
     assert p.returncode == -signal.SIGKILL and (tmp_path / LOCK_FILE).exists()  # killed: the file stays
-    with caplog.at_level(logging.WARNING, logger="kd_brain.lock"):
+    with caplog.at_level(logging.WARNING, logger="kd_brain.pipeline.lock"):
         with experiment_lock(str(tmp_path)) as lock:
             assert lock.owner()["pid"] == os.getpid()
     assert f"stale lock of holder (pid {p.pid} on {socket.gethostname()}" in caplog.text and "taken over" in caplog.text
@@ -313,7 +313,7 @@ def test_a_checkpoint_killed_while_saving_is_never_loaded(tmp_path):
     """SpeechBrain writes CKPT.yaml first: a save that dies after it looked like the newest checkpoint."""
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from kd_brain.brain import atomic_checkpoints
+    from kd_brain.brains.ctc import atomic_checkpoints
 
     def dies(obj, path):
         raise KeyboardInterrupt("killed while saving")
@@ -333,7 +333,7 @@ def test_a_checkpoint_killed_while_saving_is_never_loaded(tmp_path):
 
 
 def test_a_redone_epoch_replaces_its_curve_row(tmp_path):
-    from kd_brain.brain import TeacherBrain
+    from kd_brain.brains.ctc import TeacherBrain
 
     fake = types.SimpleNamespace(hparams=types.SimpleNamespace(output_folder=str(tmp_path)), train_loss=1.0)
     for epoch in (1, 2, 2):  # killed after epoch 2's row, before its checkpoint: the epoch is redone

@@ -1,4 +1,4 @@
-"""Fuzzed input (issue 15): generated bad corpora, manifests and audio.
+"""Fuzzed input: generated bad corpora, manifests and audio.
 
 Every fault must end in a CorpusError whose message names the utterance and
 the file (the line too, for tables), or, with ``prepare_corpus(on_bad="skip")``,
@@ -6,22 +6,21 @@ in a counted skip that leaves the good utterances with their own labels; never
 a crash inside csv / soundfile / torch and never a silently wrong example. The
 cases are combinatorial (fault x where it occurs x mode x seed variant); each
 group below builds its case list at import time, checks every case, and
-``test_case_count`` adds them up. The rules are those of ``kd_brain.validate``.
+``test_case_count`` adds them up. The rules are those of ``kd_brain.data.validate``.
 """
 
 import csv
 import io
 import itertools
 import math
-import os
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from kd_brain import validate
-from kd_brain.data import CorpusError, check_and_convert, check_header, prepare_corpus, read_csv, read_kaldi_dir
-from kd_brain.dataio import make_dataset, make_student_dataset, read_audio
+from kd_brain.data import validate
+from kd_brain.data.prepare import CorpusError, check_and_convert, check_header, prepare_corpus, read_csv, read_kaldi_dir
+from kd_brain.data.dataio import make_dataset, make_student_dataset, read_audio
 
 SR = 16000
 SEEDS = range(8)

@@ -1,9 +1,9 @@
 """Label sources and targets: the best checkpoint labels, any model folder teaches, transcripts are real.
 
-Each of the first three tests failed on the code before its fix (b1b8196):
-extraction read the most recent checkpoint; CTC / MWER trained on the
-unlabelled rows' placeholder token; a model trained with the student config
-could not be ``teacher_dir`` (KeyError: data_folder).
+The first three tests guard against, in turn: extraction reading the most
+recent checkpoint instead of the best; CTC / MWER training on the unlabelled
+rows' placeholder token; a model trained with the student config failing as
+``teacher_dir`` (KeyError: data_folder).
 """
 
 import json
@@ -15,11 +15,12 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from kd_brain.brain import TeacherBrain
-from kd_brain.data import read_csv
-from kd_brain.modeldir import load_tokenizer, origin_config, saved_config
+from kd_brain.brains.ctc import TeacherBrain
+from kd_brain.data.prepare import read_csv
+from kd_brain.pipeline.modeldir import load_tokenizer, origin_config, saved_config
 from kd_brain.store import SoftLabelStore
-from kd_brain.student import StudentBrain
+from kd_brain.brains.student import StudentBrain
+from kd_brain.pipeline import experiment
 from tests.conftest import REPO, load_recipe, overrides_argv, student_argv
 
 EXTRACT = ["--noprogressbar", "--k=5", "--nbest=2", "--beam_size=2"]
@@ -70,7 +71,7 @@ def ids(path):
 def test_transcript_criteria_leave_out_the_unlabelled_rows(kd_exp, criterion):
     hp = student_hparams(kd_exp, f"--criterion={criterion}")  # default train_splits: labelled + unlabelled
     thp = origin_config(hp["teacher_dir"])
-    train_set, _ = load_recipe("train").student_data(hp, load_tokenizer(thp), thp["data_folder"])
+    train_set, _, _ = experiment.student_data(hp, load_tokenizer(thp), thp["data_folder"])
     labelled, unlabelled = ids(kd_exp / "data" / "labelled.csv"), ids(kd_exp / "data" / "unlabelled.csv")
     assert labelled and unlabelled
     expected = labelled | unlabelled if criterion == "frame" else labelled
@@ -109,7 +110,7 @@ def test_pseudo_labels_then_the_pseudo_label_baseline(kd_exp, tmp_path, monkeypa
     def stand_in(origin, tokenizer, beam_size):
         # the tiny teacher decodes nothing yet: a stand-in decoder says "HELLO" for all but one utterance
         lm, name = real(origin, tokenizer, beam_size)
-        assert name == "lm"  # the teacher config has a word n-gram: its headline decoder
+        assert name == "lm"  # the teacher config has an n-gram LM: its headline decoder
         return (lambda lp, lens: [["HELLO"] if i else [] for i in range(len(lens))]), name
 
     real = recipe.headline_decoder
@@ -128,5 +129,5 @@ def test_pseudo_labels_then_the_pseudo_label_baseline(kd_exp, tmp_path, monkeypa
     assert out.stat().st_mtime_ns == mtime
     hp = student_hparams(kd_exp, "--criterion=ctc", f"--train_splits=[labelled,{out}]")
     thp = origin_config(hp["teacher_dir"])
-    train_set, _ = load_recipe("train").student_data(hp, load_tokenizer(thp), thp["data_folder"])
+    train_set, _, _ = experiment.student_data(hp, load_tokenizer(thp), thp["data_folder"])
     assert set(train_set.data_ids) == ids(kd_exp / "data" / "labelled.csv") | {r["ID"] for r in rows}

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kd_brain.corpora import (STANDARD_SPLITS, SUBSETS, export_librispeech, librispeech_to_kaldi,
+from kd_brain.data.librispeech import (STANDARD_SPLITS, SUBSETS, export_librispeech, librispeech_to_kaldi,
                               read_librispeech_speakers)
-from kd_brain.data import CorpusError, prepare_corpus, read_csv, read_transcripts
-from kd_brain.tokenizer import train_tokenizer
+from kd_brain.data.prepare import CorpusError, prepare_corpus, read_csv, read_transcripts
+from kd_brain.data.tokenizer import train_tokenizer
 
 # speaker -> (subset, gender); IDs shaped like LibriSpeech's (no padding)
 SPEAKERS = {
@@ -225,7 +225,8 @@ def test_large_config_prepares_the_standard_split(exported, tmp_path):
     """hparams/teacher_large.yaml through train.py's prepare(): roles, labelled_hours, test-other scored."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from tests.conftest import REPO, TINY_ARCH, load_recipe
+    from kd_brain.pipeline import experiment
+    from tests.conftest import REPO, TINY_ARCH
 
     root, _ = exported
     overrides = {"corpus_dir": str(root / "kaldi"), "exp_folder": str(tmp_path), "arch": TINY_ARCH,
@@ -233,7 +234,7 @@ def test_large_config_prepares_the_standard_split(exported, tmp_path):
                  "prep_workers": 1, "labelled_hours": 3 / 3600}
     with open(REPO / "hparams" / "teacher_large.yaml") as f:
         hp = load_hyperpyyaml(f, overrides)
-    load_recipe("train").prepare(hp)
+    experiment.prepare(hp)
     data = tmp_path / "data"
     assert len(speakers_of(data / "labelled.csv")) == 2
     assert speakers_of(data / "dev.csv") == {"84", "174", "116", "205"}

@@ -1,4 +1,4 @@
-"""Word n-gram LM and lexicon decoding (kd_brain.lm)."""
+"""N-gram LMs (words with a lexicon, units without one) and their decoding (kd_brain.decode.lm)."""
 
 import math
 import os
@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from kd_brain.data import CorpusError, write_csv
-from kd_brain.lm import BOS, LexiconLMDecoder, build_lm, kneser_ney, write_arpa
-from kd_brain.tokenizer import BLANK_ID, train_tokenizer
+from kd_brain.data.prepare import CorpusError, write_csv
+from kd_brain.decode.lm import BOS, LexiconLMDecoder, build_lm, kneser_ney, write_arpa
+from kd_brain.data.tokenizer import BLANK_ID, train_tokenizer
 
 SENTENCES = [s.split() for s in [
     "PLAY SOME MUSIC", "PLAY SOME JAZZ", "PLAY MUSIC IN THE KITCHEN", "STOP THE MUSIC", "TURN ON THE LIGHTS",

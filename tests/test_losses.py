@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from kd_brain.losses import MWER, FrameKD, SequenceKD, ctc_per_utt, nbest_weights, pad_token_lists, word_errors
+from kd_brain.kd.losses import MWER, FrameKD, SequenceKD, ctc_per_utt, nbest_weights, pad_token_lists, word_errors
 from kd_brain.store import IncompatibleStoreError, SoftLabelStore, SoftLabelWriter, merge_index
-from kd_brain.targets import draw_units, log_partition, tail_log_mass
-from kd_brain.tokenizer import BLANK_ID
+from kd_brain.kd.targets import draw_units, log_partition, tail_log_mass
+from kd_brain.data.tokenizer import BLANK_ID
 
 
 def reference_frame_kd(s_logp, idx, t_logp, T, n_valid):
@@ -96,7 +96,7 @@ def test_word_errors():
     assert word_errors([], ["A"]) == 1
 
 
-# ---------------------------------------------------------------- frame targets (issue #13)
+# ---------------------------------------------------------------- frame targets
 
 TEMPS = [1.0, 2.0, 4.0]
 

@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from kd_brain.conditions import write_conditions
-from kd_brain.contamination import Contaminator
-from kd_brain.noise import NoisePool, read_noise_manifest, split_noise_pool
-from kd_brain.public_noise import MUSAN_RESERVED, NOISE_FIELDS, PublicCorpusError, export_musan
-from kd_brain.public_rirs import export_real_rirs, export_simulated_rirs, read_kaldi_list
-from kd_brain.rooms import GUARD, MeasuredRIRs, RIRError
+from kd_brain.noise.conditions import write_conditions
+from kd_brain.noise.contamination import Contaminator
+from kd_brain.noise.pool import NoisePool, read_noise_manifest, split_noise_pool
+from kd_brain.noise.musan import MUSAN_RESERVED, NOISE_FIELDS, PublicCorpusError, export_musan
+from kd_brain.noise.rirs_noises import export_real_rirs, export_simulated_rirs, read_kaldi_list
+from kd_brain.noise.rooms import GUARD, MeasuredRIRs, RIRError
 
 from tests.conftest import write_rows
 

@@ -40,7 +40,7 @@ def test_every_torch_load_of_ours_is_weights_only_and_nothing_is_pickled():
 
 def test_checkpoints_recover_with_weights_only_loads(tiny_teacher, monkeypatch):
     """SpeechBrain's own loaders (model, normaliser, LR scheduler; the optimiser is registered by the Brain) under weights_only."""
-    from kd_brain.modeldir import saved_config
+    from kd_brain.pipeline.modeldir import saved_config
 
     real, calls = torch.load, []
 
@@ -59,7 +59,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_teacher, tmp_path):
     """A model file holding a pickled callable is an error, and the callable never runs."""
     import pickle
 
-    from kd_brain.transcribe import load_model
+    from kd_brain.decode.transcribe import load_model
 
     folder = tmp_path / "teacher"
     shutil.copytree(tiny_teacher / "teacher", folder)

@@ -16,7 +16,7 @@ from kd_brain.store import (
     CorruptStoreError, IncompatibleStoreError, SoftLabelStore, SoftLabelWriter, StoreError,
     merge_index, quant_bound, stored_ids, temper,
 )
-from kd_brain.targets import draw_units, log_partition, tail_log_mass
+from kd_brain.kd.targets import draw_units, log_partition, tail_log_mass
 
 V, K, STEP = 60, 8, 0.1
 META = {"tokenizer_hash": "abc", "frame_shift_ms": 10, "subsampling": 4}
@@ -249,7 +249,7 @@ def test_batch_shape_errors_lose_nothing_silently(tmp_path):
 
 def test_format2_records_still_read():
     """Stores written before format 3 (codebook as a uint16 list) decode to the same labels."""
-    from kd_brain.store_codec import RECORD_HEAD, _decode, _level_table, _nearest_level_lut, _pack, _quantize
+    from kd_brain.store.codec import RECORD_HEAD, _decode, _level_table, _nearest_level_lut, _pack, _quantize
 
     table = _level_table(STEP, (4.0, 4.0, 32))
     top = UTTS["u009"].log_softmax(-1).topk(K, dim=-1)
@@ -293,13 +293,13 @@ def test_large_vocabulary_stores_the_codebook_as_a_list(tmp_path):
     assert store.stats()["bytes"] < 400  # 60 tokens as a list: 120 bytes before zstd
 
 
-# ---------------------------------------------------------------- side arrays and sampled stores (issue #13)
+# ---------------------------------------------------------------- side arrays and sampled stores
 
 TEMPS = [1.0, 2.0, 4.0]
 
 
 def test_store_without_side_data_reads_as_before(store):
-    """A default store (side_temperatures []) has the pre-#13 metadata and records: nothing after the N-best."""
+    """A default store (side_temperatures []) has plain top-k metadata and records: nothing after the N-best."""
     assert not {"target", "side_temperatures", "sample_seed"} & set(store.meta)
     assert store.target == "topk" and store.side_temperatures == []
     for uid in ("u001", "u003"):
@@ -394,7 +394,7 @@ def test_draws_depend_on_seed_and_utterance_only():
 
 def test_side_codec_round_trip_within_its_grid():
     """Jumps of hundreds of nats (wrapping the uint16 differences), -inf, clipping far below any mass."""
-    from kd_brain.store_codec import RECORD_HEAD, _decode_side, _pack_side
+    from kd_brain.store.codec import RECORD_HEAD, _decode_side, _pack_side
 
     g = torch.Generator().manual_seed(11)
     side = (torch.rand(500, 3, generator=g) * 400 - 390).numpy()
@@ -408,9 +408,9 @@ def test_side_codec_round_trip_within_its_grid():
 
 def test_utterance_seed_is_the_same_in_every_interpreter():
     """Not Python's hash(): that changes with PYTHONHASHSEED, so ranks and resumed runs would draw differently."""
-    from kd_brain.targets import utterance_seed
+    from kd_brain.pipeline.seeds import seed_for
 
-    code = "from kd_brain.targets import utterance_seed; print(utterance_seed(0, 'u004'))"
+    code = "from kd_brain.pipeline.seeds import seed_for; print(seed_for(0, 0, 'u004'))"
     seeds = {subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=h), check=True,
                             capture_output=True, text=True).stdout.strip() for h in ("1", "2")}
-    assert seeds == {str(utterance_seed(0, "u004"))} == {"2937854753657697080"}
+    assert seeds == {str(seed_for(0, 0, "u004"))} == {"4334741488818757900"}

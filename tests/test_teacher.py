@@ -9,8 +9,10 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from kd_brain.brain import TeacherBrain
-from kd_brain.dataio import make_dataset
+from kd_brain.brains.ctc import TeacherBrain
+from kd_brain.data.dataio import make_dataset
+from kd_brain.pipeline.experiment import prepare
+from kd_brain.pipeline import experiment
 from tests.conftest import REPO, TINY_ARCH, TINY_OVERRIDES, load_recipe, overrides_argv
 
 
@@ -39,10 +41,11 @@ class RecordingBrain(TeacherBrain):
 
 
 def make_brain(hp, cls=TeacherBrain, **run_opts):
-    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
+    tok, _ = experiment.prepare(hp)
     brain = cls(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
-                run_opts={"device": "cpu", "noprogressbar": True, **run_opts}, checkpointer=hp["checkpointer"])
-    train = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), hp["tokenizer"])
+                run_opts={"device": "cpu", "noprogressbar": True, **run_opts}, checkpointer=hp["checkpointer"],
+                tokenizer=tok)
+    train = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), tok)
     return brain, train
 
 
@@ -99,9 +102,9 @@ def test_recipe_end_to_end_then_resume(tiny_corpus, tmp_path):
 
 def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path):
     hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"))
-    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
+    tok, _ = experiment.prepare(hp)
     before = [p.clone() for p in hp["model"].parameters()]
-    load_recipe("train").init_from(hp)
+    experiment.init_from(hp, tok)
     best = hp["checkpointer"].__class__(str(tiny_teacher / "teacher" / "save")).find_checkpoint(min_key="WER")
     saved = torch.load(best.paramfiles["model"], map_location="cpu")
     loaded = hp["model"].state_dict()
@@ -112,9 +115,9 @@ def test_init_from_another_models_checkpoint(tiny_teacher, tiny_corpus, tmp_path
 def test_init_from_a_model_with_other_units_starts_a_new_output_layer(tiny_teacher, tiny_corpus, tmp_path):
     """Sub-words of another corpus: everything but the output layer comes from the source model."""
     hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"), token_type="unigram")
-    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
+    tok, _ = experiment.prepare(hp)
     head_before = hp["model"].head.weight.clone()
-    load_recipe("train").init_from(hp)
+    experiment.init_from(hp, tok)
     best = hp["checkpointer"].__class__(str(tiny_teacher / "teacher" / "save")).find_checkpoint(min_key="WER")
     saved = torch.load(best.paramfiles["model"], map_location="cpu")
     loaded = hp["model"].state_dict()
@@ -126,19 +129,19 @@ def test_init_from_a_model_with_other_units_starts_a_new_output_layer(tiny_teach
 def test_init_from_another_architecture_is_an_error(tiny_teacher, tiny_corpus, tmp_path):
     hp = tiny_hparams(tiny_corpus, tmp_path, init_from=str(tiny_teacher / "teacher"),
                       arch={**TINY_ARCH, "num_layers": 2})
-    hp["tokenizer"], _ = load_recipe("train").prepare(hp)
+    tok, _ = experiment.prepare(hp)
     with pytest.raises(ValueError, match="another architecture .*unexpected \\[\\]"):
-        load_recipe("train").init_from(hp)
+        experiment.init_from(hp, tok)
 
 
 def test_init_from_a_missing_model_names_both_places(tiny_corpus, tmp_path):
     hp = tiny_hparams(tiny_corpus, tmp_path, init_from="no_such_teacher")
     with pytest.raises(FileNotFoundError, match=f"init_from=no_such_teacher: .*{tmp_path}/no_such_teacher or no_such_teacher"):
-        load_recipe("train").init_from(hp)
+        experiment.init_from(hp, None)
 
 
 def test_extra_test_manifest_scored_as_a_condition(tiny_teacher, tiny_corpus, tmp_path):
-    from kd_brain.data import read_csv, write_csv
+    from kd_brain.data.prepare import read_csv, write_csv
 
     rows = read_csv(tiny_teacher / "data" / "test_clean.csv")[:3]
     extra = tmp_path / "mine.csv"
@@ -159,13 +162,13 @@ def test_subword_teacher_with_auxiliary_character_ctc(tiny_corpus, tmp_path):
     """Sub-word units + character CTC on layer 1: both heads learn, the char tokenizer sees labelled text only."""
     hp = tiny_hparams(tiny_corpus, tmp_path, lr=0.003, warmup_steps=1, spec_augment=None, aux_ctc_weight=0.5,
                       **SUBWORD_AUX)
-    tokenizer, aux = load_recipe("train").prepare(hp)
+    tokenizer, aux = prepare(hp)
     assert tokenizer.vocab_size == 50 and aux.vocab_size == 30 and aux.hash != tokenizer.hash
     with open(tmp_path / "data" / "tokenizer_char30" / "tokenizer.json") as f:
         assert json.load(f)["manifest"].endswith("labelled.csv")
-    hp["tokenizer"] = tokenizer
     brain = TeacherBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
-                         run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=hp["checkpointer"])
+                         run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=hp["checkpointer"],
+                         tokenizer=tokenizer)
     train = make_dataset(os.path.join(hp["data_folder"], "labelled.csv"), tokenizer, aux_tokenizer=aux)
     batch = next(iter(sb.dataio.dataloader.make_dataloader(train, batch_size=8)))
     assert batch.aux_tokens.data.shape[1] > batch.tokens.data.shape[1]  # characters outnumber sub-words
@@ -180,10 +183,9 @@ def test_subword_teacher_with_auxiliary_character_ctc(tiny_corpus, tmp_path):
 
 
 def test_aux_head_frozen_where_no_criterion_trains_it(tiny_corpus, tmp_path):
-    train = load_recipe("train")
     for weight, trainable in ((0.0, False), (0.5, True)):
         hp = tiny_hparams(tiny_corpus, tmp_path / str(weight), aux_ctc_weight=weight, **SUBWORD_AUX)
-        train.freeze_unused_aux_head(hp)
+        experiment.freeze_unused_aux_head(hp)
         assert all(p.requires_grad == trainable for p in hp["model"].aux_head.parameters())
         assert all(p.requires_grad for p in hp["model"].head.parameters())
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from kd_brain.data import CorpusError, read_csv
-from kd_brain.tokenizer import BLANK_ID, train_tokenizer
+from kd_brain.data.prepare import CorpusError, read_csv
+from kd_brain.data.tokenizer import BLANK_ID, train_tokenizer
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe", "char"])

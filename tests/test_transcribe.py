@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from kd_brain.data import read_csv, write_csv
+from kd_brain.data.prepare import read_csv, write_csv
 from tests.conftest import load_recipe, student_argv
 
 
@@ -20,7 +20,7 @@ def student_dir(kd_exp):
 
 
 def data_folder(exp):
-    from kd_brain.modeldir import origin_config
+    from kd_brain.pipeline.modeldir import origin_config
 
     return origin_config(str(exp / "teacher"))["data_folder"]
 
@@ -50,10 +50,10 @@ def test_log_probs_equal_the_training_forward_pass(tiny_teacher):
     """AcousticModel (what transcribe and export run) computes what CTCBrain evaluated."""
     from speechbrain.dataio.batch import PaddedBatch
 
-    from kd_brain.brain import CTCBrain
-    from kd_brain.dataio import make_dataset
-    from kd_brain.modeldir import load_label_source
-    from kd_brain.transcribe import load_model
+    from kd_brain.brains.ctc import CTCBrain
+    from kd_brain.data.dataio import make_dataset
+    from kd_brain.pipeline.modeldir import load_label_source
+    from kd_brain.decode.transcribe import load_model
 
     acoustic, _, _ = load_model(str(tiny_teacher / "teacher"))
     cfg, _, best, _ = load_label_source(str(tiny_teacher / "teacher"))
@@ -73,7 +73,7 @@ def test_wav_and_44k_stereo_file(student_dir, tmp_path, capsys, caplog):
     """Plain audio files (a 16 kHz WAV, the same speech as 44.1 kHz stereo FLAC) through a student folder."""
     import torchaudio
 
-    from kd_brain.transcribe import load_audio
+    from kd_brain.decode.transcribe import load_audio
 
     row = read_csv(os.path.join(data_folder(student_dir.parent), "test_clean.csv"))[0]
     wav, sr = sf.read(row["wav"], dtype="float32")
@@ -115,9 +115,9 @@ def test_torchscript_export_matches_pytorch(student_dir, tmp_path):
     """The exported file gives the PyTorch model's log-probs within 1e-4 on real utterances, batched."""
     from speechbrain.dataio.batch import PaddedBatch
 
-    from kd_brain.dataio import make_dataset
-    from kd_brain.export import load_exported
-    from kd_brain.transcribe import load_model
+    from kd_brain.data.dataio import make_dataset
+    from kd_brain.decode.export import load_exported
+    from kd_brain.decode.transcribe import load_model
 
     out = tmp_path / "student.pt"
     info = load_recipe("export").main([str(student_dir), str(out)])

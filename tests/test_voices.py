@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kd_brain.conditions import ConditionError, write_conditions
-from kd_brain.corpora import STANDARD_SPLITS, export_librispeech
-from kd_brain.data import CorpusError, prepare_corpus, read_csv
-from kd_brain.voices import RECORDED_FIELDS, export_voices, parse_recording_name
+from kd_brain.noise.conditions import ConditionError, write_conditions
+from kd_brain.data.librispeech import STANDARD_SPLITS, export_librispeech
+from kd_brain.data.prepare import CorpusError, prepare_corpus, read_csv
+from kd_brain.data.voices import RECORDED_FIELDS, export_voices, parse_recording_name
 from tests.test_librispeech import write_librispeech
 
 INDEX_COLUMNS = ["index", "chapter", "degrees", "distractor", "filename", "gender", "mic", "query_name", "room",

@@ -1,6 +1,6 @@
 """Synthetic multi-voice corpus: grammar text x TTS voices -> Kaldi data dirs.
 
-Layout (the same as the real bed, so ``kd_brain.data.prepare_corpus`` reads it)::
+Layout (the same as the real bed, so ``kd_brain.data.prepare.prepare_corpus`` reads it)::
 
     <out>/train/{wav.scp,text,utt2spk,spk2utt}    paths: audio/<spk>/<utt>.wav
     <out>/test/{...}                              speakers disjoint from train
@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import soundfile as sf
 
-from kd_brain.atomic import atomic_open, write_json, write_wav
+from kd_brain.pipeline.atomic import atomic_open, write_json, write_wav
 
 from .grammar import Grammar, overlap_rate
 from .music import synth_music

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""WER per SNR bucket, number of noises, noise kind, room and RT60 (issue #13).
+"""WER per SNR bucket, number of noises, noise kind, room and RT60.
 
     python recipes/KD-Noise/breakdown.py --exp exp/synthetic
     python recipes/KD-Noise/breakdown.py --exp exp/synthetic --models teacher student --reference teacher_seq
@@ -10,7 +10,7 @@ condition and breakdown: "WER [95% interval] (utterances)" and the relative chan
 ``--reference`` with its paired interval), ``<exp>/breakdown_snr.png`` and
 ``<exp>/breakdown_bars_<condition>.png``, and prints the markdown. Models missing from
 scores.json are skipped with a note. Run from the folder holding ``exp/``; bucket
-definitions: ``kd_brain/breakdown.py``. ``write_breakdown`` is importable from here too.
+definitions: ``kd_brain/results/breakdown.py``. ``write_breakdown`` is importable from here too.
 """
 
 import argparse
@@ -19,7 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from kd_brain.breakdown import MODELS, write_breakdown  # noqa: E402,F401  (re-exported for report builders)
+from kd_brain.results.breakdown import write_breakdown  # noqa: E402
+from kd_brain.results.report import MODELS  # noqa: E402
 
 
 def main(argv=None):

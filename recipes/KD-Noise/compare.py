@@ -20,9 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from kd_brain.bootstrap import compare, verdict  # noqa: E402
-from kd_brain.evaluate import headline  # noqa: E402
-from kd_brain.report import interval_cell  # noqa: E402
+from kd_brain.results.bootstrap import compare, verdict  # noqa: E402
+from kd_brain.brains.evaluate import headline  # noqa: E402
+from kd_brain.results.report import interval_cell  # noqa: E402
 
 
 def read_model(exp, name):
@@ -49,7 +49,7 @@ def main(argv=None):
     for cond in args.conditions or [c for c in ref if c in mod]:
         dec = args.decoder or headline(ref[cond])
         if "utt_errors" not in ref[cond] or dec not in ref[cond]["utt_errors"]:
-            sys.exit(f"{args.reference}/{cond}: no per-utterance errors for decoder {dec} (scored before they were kept)")
+            sys.exit(f"{args.reference}/{cond}: no per-utterance errors for decoder {dec} (evaluate it again to record them)")
         if set(ref[cond]["utt_errors"][dec]) != set(mod[cond]["utt_errors"][dec]):
             sys.exit(f"{cond}: {ref_exp}/{args.reference} and {args.exp}/{args.model} scored different utterances")
         c = compare(ref[cond]["utt_errors"][dec], mod[cond]["utt_errors"][dec], ref[cond].get("speakers"))

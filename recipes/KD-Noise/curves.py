@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from kd_brain.report import curve_chart, read_curve  # noqa: E402
+from kd_brain.results.report import curve_chart, read_curve  # noqa: E402
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@
 
 The file holds the traced network (fbank, normaliser, CTC model) and, as
 extra files, its units, sentencepiece model, training config and checkpoint
-metadata (``kd_brain.export``). The export is loaded back and checked against
+metadata (``kd_brain.decode.export``). The export is loaded back and checked against
 the PyTorch model (max |log-prob difference| <= 1e-4) before it is kept.
 """
 
@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from kd_brain.export import export_model  # noqa: E402
+from kd_brain.decode.export import export_model  # noqa: E402
 
 
 def main(argv=None):

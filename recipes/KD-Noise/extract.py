@@ -10,7 +10,7 @@ batch plan and writes its own shards; the main process merges the index, so
 the store holds the records a 1-process run writes. ``num_workers`` are each
 rank's audio-reading dataloader workers. ``--precision=bf16|fp16`` (or
 ``--eval_precision``) runs the teacher under autocast; its output layer and
-softmax stay float32 (``kd_brain.ddp.float32_outputs``).
+softmax stay float32 (``kd_brain.brains.ddp.float32_outputs``).
 With ``sampled_k > 0`` the same teacher pass also writes the sampled store
 (``sampled_folder``; the student's ``target: sampled``).
 """
@@ -23,11 +23,11 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from kd_brain.dataio import make_dataset
-from kd_brain.ddp import default_backend, with_options
-from kd_brain.extract import ExtractBrain, NBestSearcher, extract, store_meta
-from kd_brain.lock import releases_locks, take_lock
-from kd_brain.modeldir import load_label_source
+from kd_brain.data.dataio import make_dataset
+from kd_brain.brains.ddp import default_backend, with_options
+from kd_brain.brains.extract import ExtractBrain, NBestSearcher, extract, store_meta
+from kd_brain.pipeline.lock import releases_locks, take_lock
+from kd_brain.pipeline.modeldir import load_label_source
 from kd_brain.store import SoftLabelWriter, merge_index
 
 
@@ -49,10 +49,9 @@ def main(argv):
     meta.update(teacher_dir=hp["teacher_dir"], teacher_checkpoint=os.path.relpath(best.path, hp["teacher_dir"]),
                 teacher_dev_wer=best.meta.get("WER"))
 
-    thp.update(nbest=hp["nbest"])
-    if hp["nbest"] > 0:
-        thp["nbest_searcher"] = NBestSearcher(tokenizer, hp["nbest"], hp["beam_size"])
-    brain = ExtractBrain(modules=thp["modules"], hparams=thp, run_opts=run_opts, checkpointer=thp["checkpointer"])
+    searcher = NBestSearcher(tokenizer, hp["nbest"], hp["beam_size"]) if hp["nbest"] > 0 else None
+    brain = ExtractBrain(modules=thp["modules"], hparams=thp, run_opts=run_opts, checkpointer=thp["checkpointer"],
+                         nbest_searcher=searcher)
     brain.checkpoint = best  # the lowest-dev-WER checkpoint, the one the metadata names
     vocab_size = thp["model"].vocab_size
     k = min(hp["k"], vocab_size)  # k beyond V (k=40 of 30 characters) is the full distribution

@@ -16,12 +16,10 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from kd_brain.conditions import CONDITIONS, write_conditions
-from kd_brain.lock import releases_locks, take_lock
-from kd_brain.rooms import simulate_room_bank
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import prepare  # noqa: E402  (one preparation code path for both scripts)
+from kd_brain.noise.conditions import CONDITIONS, write_conditions
+from kd_brain.noise.rooms import simulate_room_bank
+from kd_brain.pipeline.experiment import prepare
+from kd_brain.pipeline.lock import releases_locks, take_lock
 
 
 def load(path, overrides):

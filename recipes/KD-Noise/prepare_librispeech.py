@@ -8,7 +8,7 @@
 Writes one Kaldi directory per subset, ``<out_dir>/<subset>`` (``wav.scp`` with the
 absolute FLAC paths, ``text``, ``utt2spk``, ``spk2gender`` from SPEAKERS.TXT). The
 large config's ``splits`` assigns them to roles, LibriSpeech's standard split
-(``kd_brain.corpora.STANDARD_SPLITS``): train-clean-100 labelled; train-clean-360
+(``kd_brain.data.librispeech.STANDARD_SPLITS``): train-clean-100 labelled; train-clean-360
 and train-other-500 unlabelled (audio only; their transcripts go to
 ``unlabelled_transcripts.csv``); dev-clean + dev-other for model selection;
 test-clean the clean test set (``test_clean.csv``); test-other a further test set
@@ -16,7 +16,7 @@ test-clean the clean test set (``test_clean.csv``); test-other a further test se
 ``--labelled_hours=10`` (or 1) on the training command keeps a seeded subset of
 whole train-clean-100 speakers labelled.
 
-``--voices`` also exports a VOiCES split (``kd_brain.voices``): ``voices-<split>/``
+``--voices`` also exports a VOiCES split (``kd_brain.data.voices``): ``voices-<split>/``
 (the source utterances, one per recording: the clean test set), the recordings
 ``voices-<split>_recorded.csv`` (the real ``rerecorded`` condition) and
 ``voices_librispeech.csv`` (every LibriSpeech utterance VOiCES replays, whose speakers
@@ -27,8 +27,8 @@ import argparse
 import os
 import sys
 
-from kd_brain.corpora import SUBSETS, export_librispeech
-from kd_brain.voices import export_voices
+from kd_brain.data.librispeech import SUBSETS, export_librispeech
+from kd_brain.data.voices import export_voices
 
 
 def main(argv):

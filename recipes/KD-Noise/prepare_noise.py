@@ -12,8 +12,8 @@ Then train and prepare with, e.g., --noise_csv=exp/public/noise/musan.csv
 import argparse
 import sys
 
-from kd_brain.public_noise import MUSAN_DEFAULT_CATEGORIES, MUSAN_RESERVED, export_musan
-from kd_brain.public_rirs import SIM_SIZES, export_real_rirs, export_simulated_rirs
+from kd_brain.noise.musan import MUSAN_DEFAULT_CATEGORIES, MUSAN_RESERVED, export_musan
+from kd_brain.noise.rirs_noises import SIM_SIZES, export_real_rirs, export_simulated_rirs
 
 
 def main(argv):

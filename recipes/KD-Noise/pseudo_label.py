@@ -5,8 +5,8 @@
 
 The model in ``teacher_dir`` (any trained model folder, at its lowest-dev-WER
 checkpoint) transcribes the unlabelled manifest with its headline decoder
-(the word n-gram of its teacher config, else prefix beam search). A finished
-manifest from the same checkpoint is left alone. Thin glue over kd_brain.pseudo.
+(the n-gram search of its teacher config, else prefix beam search). A finished
+manifest from the same checkpoint is left alone. Thin glue over kd_brain.brains.pseudo.
 """
 
 import json
@@ -17,14 +17,14 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
-from kd_brain.dataio import make_dataset
-from kd_brain.extract import file_hash
-from kd_brain.modeldir import lm_decoder, lm_settings, load_label_source
-from kd_brain.pseudo import PseudoLabelBrain, pseudo_label_done, pseudo_label_manifest
+from kd_brain.data.dataio import make_dataset
+from kd_brain.brains.extract import file_hash
+from kd_brain.pipeline.modeldir import lm_decoder, lm_settings, load_label_source
+from kd_brain.brains.pseudo import PseudoLabelBrain, pseudo_label_done, pseudo_label_manifest
 
 
 def headline_decoder(origin, tokenizer, beam_size):
-    """The decoder whose WER the paper table reports: word n-gram if configured, else beam."""
+    """The decoder whose WER the paper table reports: the n-gram search if configured, else beam."""
     lm = lm_decoder(lm_settings(origin), origin["data_folder"], tokenizer)
     if lm is not None:
         return lm, "lm"
@@ -44,8 +44,8 @@ def main(argv):
     if pseudo_label_done(out, meta):
         print(f"{out}: already written from the same checkpoint: skipped")
         return
-    mhp["decode"] = decode
-    brain = PseudoLabelBrain(modules=mhp["modules"], hparams=mhp, run_opts=run_opts, checkpointer=mhp["checkpointer"])
+    brain = PseudoLabelBrain(modules=mhp["modules"], hparams=mhp, run_opts=run_opts, checkpointer=mhp["checkpointer"],
+                             decode=decode)
     brain.checkpoint = best
     dataset = make_dataset(os.path.join(origin["data_folder"], "unlabelled.csv"), sort_key="duration")
     counts = pseudo_label_manifest(brain, dataset, out, hp["batch_size"])

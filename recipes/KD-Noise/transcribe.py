@@ -5,13 +5,13 @@
     python recipes/KD-Noise/transcribe.py exp/synthetic/teacher_seq <manifest.csv> --decoder beam --out hyps.tsv
 
 MODEL_DIR is any folder that train.py wrote (teacher, teacher_seq, student,
-student_seq, the baselines): its best checkpoint, units and the word n-gram
-of its teacher. INPUT is audio files (any rate and channel count soundfile
+student_seq, the baselines): its best checkpoint, units and the LM decoder
+of its teacher config. INPUT is audio files (any rate and channel count soundfile
 reads; downmixed and resampled to 16 kHz, said in a log line) or CSV
 manifests (``ID, wav[, wrd]``). Prints ``ID<TAB>text`` in input order (or
 writes it to ``--out``); when the inputs have transcripts (``wrd``) it also
 prints their WER. ``--decoder``: greedy, beam (CTC prefix search) or lm
-(lexicon + word n-gram, the headline decoder of evaluation).
+(the teacher config's n-gram search, the headline decoder of evaluation).
 """
 
 import argparse
@@ -21,8 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from kd_brain.splits import CorpusError  # noqa: E402
-from kd_brain.transcribe import DECODERS, read_inputs, recogniser  # noqa: E402
+from kd_brain.data.splits import CorpusError  # noqa: E402
+from kd_brain.decode.transcribe import DECODERS, read_inputs, recogniser  # noqa: E402
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Dev grid of the word n-gram decoder's lm_weight and word_score for a trained model.
+"""Dev grid of the LM decoder's lm_weight and word_score for a trained model.
 
-    python recipes/KD-Noise/tune_lm.py exp/synthetic/teacher 1.0,0.0 1.5,1.5 1.5,2.5
+    python recipes/KD-Noise/tune_lm.py exp/synthetic/teacher --lm_blank_penalty=5 3.0,0 4.0,0 5.0,0
     python recipes/KD-Noise/tune_lm.py exp/synthetic/teacher --lm_units=word --lm_blank_penalty=0 2.0,1.0
 
 ``--key=value`` changes one of the model's other decoding keys (lm_units,
@@ -9,8 +9,11 @@ lm_order, lm_blank_penalty, lm_beam_size, lm_token_beam) for the whole grid.
 
 Runs the model's best checkpoint once over the dev manifest of its data
 folder (log-probs cached in ``<model>/dev_logprobs.pt``), then decodes dev with
-the lexicon + word 3-gram search at each ``lm_weight,word_score`` and prints
-the dev WER. Dev only, by design: tuning on a test condition is not offered.
+the model's own LM search at each ``lm_weight,word_score`` and prints the dev
+WER. In the default teacher config that search is the sub-word 6-gram without a
+lexicon (``lm_units: piece``), where word_score is unused; ``--lm_units=word``
+tunes the word n-gram with its lexicon. Dev only, by design: tuning on a test
+condition is not offered.
 """
 
 import os
@@ -22,8 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from speechbrain.utils.metric_stats import ErrorRateStats  # noqa: E402
 
-from kd_brain.dataio import make_dataset  # noqa: E402
-from kd_brain.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
+from kd_brain.data.dataio import make_dataset  # noqa: E402
+from kd_brain.pipeline.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
 
 
 def dev_log_probs(model_dir, source):

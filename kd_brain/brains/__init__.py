@@ -1,0 +1,1 @@
+"""SpeechBrain Brains: teacher (CTC), student (KD), soft-label extraction, evaluation, pseudo-labels."""

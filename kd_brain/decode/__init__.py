@@ -1,0 +1,1 @@
+"""Decoding and using a model: the n-gram LM decoder, transcription, export."""

@@ -1,0 +1,1 @@
+"""The CTC acoustic model shared by teacher and student."""

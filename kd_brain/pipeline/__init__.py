@@ -1,0 +1,1 @@
+"""Pipeline plumbing: model folders, run locks, all-or-nothing writes."""

@@ -1,0 +1,1 @@
+"""Results: the paper table, paired-bootstrap intervals, WER breakdowns, ablation tables, charts."""
