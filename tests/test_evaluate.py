@@ -48,12 +48,11 @@ def score_toy(tokenizer, tmp_path, lm_decoder=None):
     T = max(x.shape[0] for x in lps)
     batch_lp = torch.stack([torch.nn.functional.pad(x, (0, 0, 0, T - x.shape[0]), value=0.0) for x in lps])
     lens = torch.tensor([x.shape[0] / T for x in lps])
-    hp = types.SimpleNamespace(tokenizer=tokenizer, output_folder=str(tmp_path),
-                               beam_searcher=CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(),
-                                                                   beam_size=4),
-                               lm_decoder=lm_decoder)
     brain = EvalBrain.__new__(EvalBrain)  # only the decoding/scoring half is exercised here
-    brain.hparams, brain.device, brain.condition, brain.results = hp, "cpu", "toy", {}
+    brain.hparams, brain.device, brain.condition, brain.results = types.SimpleNamespace(output_folder=str(tmp_path)), \
+        "cpu", "toy", {}
+    brain.tokenizer, brain.lm_decoder = tokenizer, lm_decoder
+    brain.beam_searcher = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(), beam_size=4)
     brain.on_stage_start(sb.Stage.TEST)
     batch = types.SimpleNamespace(id=["a", "b", "c"], wrd=refs)
     brain.compute_objectives((batch_lp, lens), batch, sb.Stage.TEST)

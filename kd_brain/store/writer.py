@@ -65,7 +65,7 @@ class SoftLabelWriter:
     Example
     -------
     >>> import tempfile
-    >>> from kd_brain.store import merge_index
+    >>> from kd_brain.store import SoftLabelStore, merge_index
     >>> d = tempfile.mkdtemp()
     >>> with SoftLabelWriter(d, k=2, vocab_size=4, meta={"tok": "x"}) as w:
     ...     w.add("u1", torch.randn(3, 4).log_softmax(-1))
