@@ -26,8 +26,18 @@ MODEL_SCRIPTS = ("train.py", "prepare.py", "extract.py", "pseudo_label.py")
 
 def overrides_for(root, argv, extra):
     """The ``--key=value`` of ``extra`` for a stage: training and preparation take those whose key
-    their YAML has, every model-loading stage SpeechBrain's run options (and flags without '=')."""
-    keys = set(config.top_level(os.path.join(root, next(a for a in argv if a.endswith(".yaml")))))
+    one of their YAMLs has (prepare reads the teacher's and the student's), every model-loading
+    stage SpeechBrain's run options (and flags without '=').
+
+    Example
+    -------
+    >>> import os
+    >>> root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    >>> argv = ["recipes/KD-Noise/prepare.py", "hparams/teacher.yaml", "hparams/student.yaml"]
+    >>> overrides_for(root, argv, ["--noise_csv=n.csv", "--lr=1", "--no_such_key=1", "--device=cpu"])
+    ['--noise_csv=n.csv', '--lr=1', '--device=cpu']
+    """
+    keys = set().union(*(config.top_level(os.path.join(root, a)) for a in argv if a.endswith(".yaml")))
     if not argv[0].endswith(("train.py", "prepare.py")):
         keys = set()  # extraction: its settings are its own (the students' k, beam ... are not)
     return [e for e in extra if "=" not in e or e[2:].split("=", 1)[0] in keys | RUN_OPTS]

@@ -54,8 +54,9 @@ LibriSpeech config, 512 units, emit 25 frames/s):
 The indices cost ~19 of those 25.9 bytes: with the exact rank order kept, a
 tail whose ordering changes every frame is close to incompressible (their
 order-0 entropy per rank is 14.2 B/frame on the benchmark). zstd level 3 is
-the default: level 9 saves ~0.6 B/frame, but writing then costs 4.8% of the
-CPU teacher's forward pass instead of 2.6-3.0% (``bench/bench_extract.py``).
+the default: level 9 saves ~0.6 B/frame but costs more CPU per record, on top
+of the ~5% of the CPU teacher's forward pass that writing at level 3 adds
+(``bench/bench_extract.py``; RESULTS.md, benchmarks).
 """
 from kd_brain.kd.targets import temper  # noqa: F401
 from kd_brain.store.codec import quant_bound  # noqa: F401
