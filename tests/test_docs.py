@@ -363,3 +363,11 @@ def test_the_check_catches_what_it_should():
     for fine in ["option --corpus ", "option --k ", "option --device ", "option --nbest ", "option --with-noise ",
                  "option --conditions ", "not_a_command_line", "names hparams/teacher.yaml,"]:
         assert fine not in problems, f"wrongly flagged: {fine}\n{problems}"
+
+
+def test_every_result_file_is_linked_from_results_md():
+    """A report or picture under recipes/KD-Noise/results/ that RESULTS.md does not link is a stale file."""
+    text = (REPO / "RESULTS.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\((recipes/KD-Noise/results/[^)#\s]+)", text))
+    files = {str(p.relative_to(REPO)) for p in (REPO / "recipes" / "KD-Noise" / "results").iterdir()}
+    assert files <= linked, f"not linked from RESULTS.md: {sorted(files - linked)}"
