@@ -1,0 +1,1 @@
+"""KD-Noise: teacher-student training for noise-robust CTC speech recognition, the library of recipes/KD-Noise."""
