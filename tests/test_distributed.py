@@ -3,14 +3,12 @@
 The comparisons run both sides with dropout off and one torch thread per
 process, on the tiny corpus. Two ranks take the 1-process steps on the same
 global batches (``kd_brain.brains.ddp.RankBatchSplitter``), so what separates the
-curves is arithmetic: the gradient is summed in two halves (each half is
-padded to the global batch's length, as one process pads it). Measured:
-equal to the curve's 4 decimals (teacher, 2 epochs; student, 1 epoch), so
-``LOSS_RTOL`` = 1e-4 covers that rounding. It fails on real differences: with
-each share padded only to its own longest utterance (what
-``kd_brain.brains.ddp.pad_to_global_length`` prevents) the teacher's epoch-1
-train loss is 0.23% off; SpeechBrain's default split (whole batches per rank)
-takes half the steps on other batches.
+curves is arithmetic: the gradient is summed in two halves (the model masks
+each utterance's padding, so how far each half is padded does not matter).
+Measured: equal to the curve's 4 decimals (teacher, 2 epochs; student, 1
+epoch), so ``LOSS_RTOL`` = 1e-4 covers that rounding. It fails on real
+differences: SpeechBrain's default split (whole batches per rank) takes half
+the steps on other batches.
 
 Also here: a 2-rank teacher killed (SIGKILL: torchrun and both ranks) after
 an intra-epoch checkpoint, then rerun, resumes at that step (SpeechBrain's
@@ -40,9 +38,10 @@ import yaml
 
 from kd_brain.brains.ddp import RankBatchSplitter, float32_outputs, global_mean, rank_share
 from tests.conftest import REPO, TINY_ARCH, flow, load_recipe, overrides_argv, student_argv
+from tests.test_normalizer import statistics
 
 # Relative tolerance of the 2-rank losses against 1 rank (see the module docstring): the curve's
-# rounding; the measured difference is 0 at 4 decimals, a padding mismatch alone gives 2.3e-3.
+# rounding; the measured difference is 0 at 4 decimals.
 LOSS_RTOL = 1e-4
 NO_DROPOUT = {**TINY_ARCH, "dropout": 0.0}
 TRAIN = REPO / "recipes" / "KD-Noise" / "train.py"
@@ -192,6 +191,10 @@ def test_teacher_two_ranks_match_one_then_resume(tiny_corpus, one_rank_teacher, 
     one, two = curve(one_rank_teacher / "ddp_teacher"), curve(tmp_path / "ddp_teacher")
     assert [r["epoch"] for r in two] == ["1", "2"]  # resumed, and one row per epoch: not one per rank
     assert_same_losses(one, two)
+    # the input statistics are reduced over the ranks: every rank normalised alike, and the saved ones
+    # are the 1-process run's
+    (n1, mean1, std1), (n2, mean2, std2) = statistics(one_rank_teacher / "ddp_teacher"), statistics(tmp_path / "ddp_teacher")
+    assert n1 == n2 and torch.allclose(mean1, mean2, atol=1e-5) and torch.allclose(std1, std2, atol=1e-5)
     wer = json.loads((tmp_path / "results.json").read_text())["wer"]
     assert list(wer) == ["ddp_teacher"] and set(wer["ddp_teacher"]) == {"dev", "clean"}
     rows = results_rows(tmp_path, "ddp_teacher")

@@ -71,9 +71,24 @@ def test_sequence_kd_weights_sum_to_one_and_match_manual():
     s = torch.randn(1, 8, 5).log_softmax(-1)
     nbest = [([1, 2, 3], -0.1), ([1, 2], -2.0), ([4], -7.5)]
     got = SequenceKD()(s, torch.tensor([1.0]), [nbest]).item()
-    manual = sum(float(wn) * ctc_per_utt(s, torch.tensor([1.0]), *pad_token_lists([t])).item()
+    manual = sum(float(wn) * ctc_per_utt(s, torch.tensor([1.0]), *pad_token_lists([t])).item() / len(t)
                  for wn, (t, _) in zip(w, nbest))
     assert got == pytest.approx(manual, rel=1e-5)
+
+
+def test_sequence_kd_is_on_the_scale_of_speechbrain_ctc():
+    """One hypothesis per utterance: SequenceKD equals SpeechBrain's CTC loss (mean of NLL per target token)
+    on the same targets, so one learning rate means one step size for both criteria."""
+    import speechbrain as sb
+
+    torch.manual_seed(0)
+    s = torch.randn(2, 12, 6).log_softmax(-1)
+    lens = torch.tensor([1.0, 0.75])
+    hyps = [[1, 2, 3, 4, 5], [2, 3]]
+    tokens, n_tokens = pad_token_lists(hyps)
+    ctc = sb.nnet.losses.ctc_loss(s, tokens, lens, n_tokens.float() / tokens.shape[1], blank_index=0)
+    got = SequenceKD()(s, lens, [[(h, 0.0)] for h in hyps])
+    assert got.item() == pytest.approx(ctc.item(), rel=1e-5)
 
 
 def test_mwer_prefers_lower_error_hypothesis():

@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -28,7 +29,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_m
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from kd_brain.pipeline.atomic import write_bytes, write_text
-from kd_brain.brains.ddp import (RankBatchSplitter, float32_outputs, global_mean, pad_to_global_length, rank,
+from kd_brain.brains.ddp import (RankBatchSplitter, float32_outputs, global_mean, rank,
                           rank_share, unwrapped)
 from kd_brain.data.tokenizer import BLANK_ID
 
@@ -185,9 +186,14 @@ def atomic_checkpoints(checkpointer):
     return checkpointer
 
 
+def unwrapped_model(model):
+    """The model itself, also when DDP wraps it."""
+    return getattr(model, "module", model)
+
+
 def output_frames(model, n_samples):
     """CTC frames per utterance; works on a DDP-wrapped model too."""
-    return getattr(model, "module", model).output_frames(n_samples)
+    return unwrapped_model(model).output_frames(n_samples)
 
 
 class CTCBrain(sb.Brain):
@@ -206,14 +212,22 @@ class CTCBrain(sb.Brain):
 
     checkpoint = None  # a speechbrain Checkpoint to evaluate instead of the one min_key/max_key picks
 
-    def __init__(self, *args, tokenizer=None, **kwargs):
-        """SpeechBrain's arguments, and the model's units (``tokenizer``: decoded words for dev WER).
+    def __init__(self, *args, tokenizer=None, frozen_normalizer=False, **kwargs):
+        """SpeechBrain's arguments, the model's units (``tokenizer``: decoded words for dev WER) and
+        whether training leaves the input statistics alone (``frozen_normalizer``: a model initialised
+        from another keeps that model's, :func:`kd_brain.pipeline.experiment.init_normalizer`).
 
         Objects built at run time (tokenizer, contaminator, searchers, decoders) are attributes
         set here, never entries written into ``hparams``: the config stays what the YAML built.
         """
         super().__init__(*args, **kwargs)
-        self.tokenizer = tokenizer
+        self.tokenizer, self.frozen_normalizer = tokenizer, frozen_normalizer
+
+    def normalizer_epoch(self):
+        """The epoch the normaliser is told: past its last update when it is frozen, so it never updates."""
+        if self.frozen_normalizer:
+            return math.inf
+        return self.hparams.epoch_counter.current if hasattr(self.hparams, "epoch_counter") else 0
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         # Brain.evaluate recovers the most recent checkpoint unless given a key; a model that
@@ -226,16 +240,15 @@ class CTCBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = self.input_signal(batch, stage)
-        if stage == sb.Stage.TRAIN and getattr(self, "distributed_launch", False):
-            wavs, wav_lens = pad_to_global_length(wavs, wav_lens)  # as the 1-process batch is padded
         feats = self.hparams.compute_features(wavs)
-        epoch = self.hparams.epoch_counter.current if hasattr(self.hparams, "epoch_counter") else 0
-        feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
+        net = unwrapped_model(self.modules.model)
+        feat_lens = net.feature_lengths(wav_lens, wavs.shape[1], feats.shape[1])  # exact frames per utterance
+        feats = self.modules.normalize(feats, feat_lens, epoch=self.normalizer_epoch())
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:
-            feats, _ = self.hparams.spec_augment(feats, wav_lens)  # masks only: lengths unchanged
+            feats, _ = self.hparams.spec_augment(feats, feat_lens)  # masks only: lengths unchanged
         aux = stage == sb.Stage.TRAIN and getattr(self.hparams, "aux_ctc_weight", 0) > 0
         with float32_outputs(self.modules.model, torch.device(self.device).type):
-            out = self.modules.model(feats, wav_lens, aux=True) if aux else self.modules.model(feats, wav_lens)
+            out = self.modules.model(feats, feat_lens, aux=True) if aux else self.modules.model(feats, feat_lens)
         log_probs = out[0] if aux else out
         # Output lengths from each utterance's sample count, not from the padded batch:
         # a frame count must not depend on which utterances share the batch.

@@ -12,9 +12,13 @@ batch is N times the 1-process one, and the batch order is reshuffled by
   ``batch_seconds`` is therefore the *global* batch; to grow it with N
   (each rank keeping the 1-process share), it is one override,
   ``--batch_seconds=<N x value>``.
-* ``pad_to_global_length`` pads each share as far as the global batch is
-  padded (the model's outputs depend on it), so an utterance's numbers are
-  those of the 1-process run up to summation order.
+* Padding needs nothing: the model masks the padded frames
+  (:mod:`kd_brain.model.conformer`), so a rank's share gives each utterance
+  the numbers of the 1-process batch up to summation order, however far
+  each share is padded.
+* The input normaliser's statistics (SpeechBrain's ``InputNormalization``)
+  are reduced over the ranks at each update, so every rank holds the
+  1-process statistics.
 * ``rank_share`` weighs each rank's loss so that DDP's gradient average
   (the mean over ranks) is the gradient of the global batch's loss: a rank
   holding c of the batch's C units (utterances, or frames for frame KD)
@@ -100,26 +104,6 @@ class RankBatchSplitter(torch.utils.data.Sampler):
     def set_epoch(self, epoch):
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
-
-
-def pad_to_global_length(wavs, wav_lens):
-    """Pads this rank's share of a batch to the longest utterance of the whole (global) batch.
-
-    The model's output for an utterance depends on how far its batch is
-    padded (the frontend's convolutions see the padding's features), so each
-    rank pads as the 1-process batch would: the numbers then differ from one
-    process only in summation order. Relative lengths are recomputed like
-    ``PaddedBatch`` does (sample count / padded length). Unchanged without DDP.
-    """
-    if world_size() == 1:
-        return wavs, wav_lens
-    n = wavs.shape[1]
-    longest = int(ddp_all_reduce(torch.tensor(n, device=wavs.device), torch.distributed.ReduceOp.MAX))
-    if longest == n:
-        return wavs, wav_lens
-    samples = torch.round(wav_lens * n).long().tolist()
-    wavs = torch.nn.functional.pad(wavs, (0, longest - n))
-    return wavs, torch.tensor([s / longest for s in samples], dtype=wav_lens.dtype, device=wav_lens.device)
 
 
 def rank_share(count, device="cpu"):

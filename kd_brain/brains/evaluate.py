@@ -9,7 +9,9 @@ Per condition it writes ``wer_<condition>_<decoder>.txt`` (with alignments);
 ``update_results`` merges the numbers into ``results.json`` and rewrites
 ``results.md`` (rows: model and decoder; columns: conditions). The headline WER of a model
 (``results.json``, the paper table) is its best decoder: ``lm`` when the
-config has one, else ``beam``.
+config has one, else ``beam``. ``LogProbsBrain`` runs the same pass and keeps
+what the decoders are given instead, to decode it again at other settings
+(``decoder_stats``; the LM grid of ``recipes/KD-Noise/tune_lm.py``).
 """
 
 import json
@@ -84,6 +86,49 @@ class EvalBrain(CTCBrain):
         scores["utt_errors"] = utt_errors
         self.results[self.condition] = scores
         logger.info("%s: %s", self.condition, {d: scores[d] for d in self.metrics})
+
+
+class LogProbsBrain(EvalBrain):
+    """EvalBrain with its decoding left for later: it keeps, per batch, what its decoders are given.
+
+    Run it like an EvalBrain (:func:`evaluate_conditions`: the same checkpoint
+    choice, loader, batches, padding and ``compute_forward``); then
+    ``results[condition]["batches"]`` lists per batch ``(ids, transcripts,
+    log_probs [B, T, V], relative lengths [B])``, tensors on the CPU. Decoding
+    them with :func:`decoder_stats` scores exactly what EvalBrain scores, so a
+    decoder's settings can be tried many times over one forward pass.
+    """
+
+    def on_stage_start(self, stage, epoch=None):
+        self.batches = []
+
+    def compute_objectives(self, predictions, batch, stage):
+        log_probs, lens = predictions
+        self.batches.append((list(batch.id), list(batch.wrd), log_probs.detach().cpu(), lens.detach().cpu()))
+        return torch.zeros((), device=self.device)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TEST:
+            self.results[self.condition] = {"batches": self.batches}
+
+
+def decoder_stats(decoder, batches):
+    """``ErrorRateStats`` of ``decoder`` (``(log_probs, lens) -> word lists``) over ``LogProbsBrain`` batches.
+
+    Each batch is decoded whole, with its lengths, and scored as
+    ``EvalBrain.compute_objectives`` scores it.
+
+    Example
+    -------
+    >>> lp = torch.zeros(2, 3, 4)
+    >>> batches = [(["a", "b"], ["yes", "no no"], lp, torch.tensor([1.0, 2 / 3]))]
+    >>> round(decoder_stats(lambda log_probs, lens: [["yes"], ["no"]], batches).summarize("error_rate"), 2)
+    33.33
+    """
+    stats = ErrorRateStats()
+    for ids, words, log_probs, lens in batches:
+        stats.append(ids, decoder(log_probs, lens), [w.split() for w in words])
+    return stats
 
 
 def evaluate_conditions(brain, conditions, loader_kwargs=None, min_key="WER"):

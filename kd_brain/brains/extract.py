@@ -176,8 +176,9 @@ def plan_batches(dataset, batch_size):
     """Fixed batches (sorted by duration) over the whole manifest.
 
     Every run, whatever its number of ranks and wherever it resumes, puts an
-    utterance in the same batch with the same neighbours, so padding is the
-    same and the stored values do not depend on how the work was split.
+    utterance in the same batch with the same neighbours: the batches are the
+    units of work that ranks share and resumes skip, and the stored values do
+    not depend on how the work was split, not even in the last float digit.
     """
     durations = {u: float(dataset.data[u]["duration"]) for u in dataset.data_ids}
     order = sorted(range(len(dataset.data_ids)), key=lambda i: (durations[dataset.data_ids[i]], dataset.data_ids[i]))

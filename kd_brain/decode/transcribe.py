@@ -34,7 +34,8 @@ class AcousticModel(torch.nn.Module):
     """Waveforms [B, S] and relative lengths [B] -> (log-probs [B, T, V], output frames [B]).
 
     ``normalize`` must be in eval mode (its stored global statistics): the
-    output then depends on each utterance alone, as in evaluation.
+    output then depends on each utterance alone (the model masks the
+    padding), as in evaluation.
 
     Example
     -------
@@ -54,8 +55,9 @@ class AcousticModel(torch.nn.Module):
         self.compute_features, self.normalize, self.model = compute_features, normalize, model
 
     def forward(self, wavs, wav_lens):
-        feats = self.normalize(self.compute_features(wavs), wav_lens)
-        log_probs = self.model(feats, wav_lens)
+        feats = self.compute_features(wavs)
+        feat_lens = self.model.feature_lengths(wav_lens, wavs.shape[1], feats.shape[1])  # as CTCBrain does
+        log_probs = self.model(self.normalize(feats, feat_lens), feat_lens)
         # frames from each utterance's sample count, as in training and evaluation (CTCBrain)
         return log_probs, self.model.output_frames(torch.round(wav_lens * wavs.shape[1]).long())
 

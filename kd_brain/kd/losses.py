@@ -265,10 +265,14 @@ def nbest_weights(scores, temperature=1.0):
 
 
 class SequenceKD(torch.nn.Module):
-    """Sequence-level distillation: sum_n w_n * CTC(student, teacher_hyp_n).
+    """Sequence-level distillation: sum_n w_n * CTC(student, teacher_hyp_n) / |hyp_n|, averaged over utterances.
 
     ``w`` is the softmax of the teacher's N-best scores (``score_temperature``
-    flattens or sharpens it). Hypotheses with no tokens are skipped.
+    flattens or sharpens it). Hypotheses with no tokens are skipped. Each
+    hypothesis's negative log-likelihood is divided by its number of tokens,
+    as SpeechBrain's CTC loss divides by the target's (``reduction="mean"``):
+    both criteria then take steps of one scale at one learning rate (a sum
+    over tokens would be larger by the hypothesis length).
 
     Example
     -------
@@ -299,7 +303,7 @@ class SequenceKD(torch.nn.Module):
             return student_logp.sum() * 0.0
         idx = torch.tensor(rows, device=student_logp.device)
         tgt, tgt_lens = pad_token_lists(targets, student_logp.device)
-        nll = ctc_per_utt(student_logp[idx], lens[idx], tgt, tgt_lens)
+        nll = ctc_per_utt(student_logp[idx], lens[idx], tgt, tgt_lens) / tgt_lens.to(student_logp.dtype)
         return (torch.stack(weights).to(nll.device) * nll).sum() / len(nbests)
 
 

@@ -58,9 +58,8 @@ def draw_units(log_probs, k, seed, utt_id):
     """K units per frame drawn with replacement from softmax(log_probs), sorted by descending log-prob.
 
     The draws depend only on this utterance's frames and (``seed``,
-    ``utt_id``): not on the batch it came in, the rank, or a resume (the
-    teacher's outputs themselves follow the padding, hence
-    ``kd_brain.brains.extract.plan_batches``). Inverse CDF sampling with uniforms
+    ``utt_id``): not on the batch it came in, the rank, or a resume.
+    Inverse CDF sampling with uniforms
     from a CPU generator, so not on the device's RNG either. Duplicates are
     adjacent (ties in log-prob are ordered by unit index).
 

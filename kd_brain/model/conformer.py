@@ -11,23 +11,58 @@ against the store's metadata instead of assuming it.
 """
 
 import torch
-from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
+from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder, ConvolutionModule
 from speechbrain.nnet.attention import RelPosEncXL
 
 from kd_brain.model.dropout import use_fast_dropout
+
+
+def padding_mask(lengths, n_frames):
+    """True at the padded frames: ``lengths`` [B] frame counts, ``n_frames`` the padded length.
+
+    ``arange`` rather than speechbrain's ``length_to_mask``, which TorchScript
+    tracing cannot follow (:mod:`kd_brain.decode.export` traces the model).
+
+    Example
+    -------
+    >>> padding_mask(torch.tensor([3, 1]), 3).tolist()
+    [[False, False, False], [False, True, True]]
+    """
+    return torch.arange(n_frames, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def frame_counts(rel_lengths, n_frames):
+    """Frames of each utterance from relative lengths (at least one)."""
+    return torch.round(rel_lengths * n_frames).long().clamp(min=1)
+
+
+def zero_padding(x, lengths):
+    """``x`` [B, T, ...] with the frames at and after ``lengths`` [B] set to zero."""
+    keep = ~padding_mask(lengths, x.shape[1])
+    return x * keep.view(*keep.shape, *([1] * (x.dim() - 2))).to(x.dtype)
 
 
 class Conv2dSubsampling(torch.nn.Module):
     """Two stride-2 3x3 convolutions over (time, frequency), then a linear layer.
 
     Padding 1 makes the output length ``ceil(ceil(T / 2) / 2)`` for any T, so
-    the frame count is a pure function of the input length.
+    the frame count is a pure function of the input length. Given each
+    utterance's frame count, the frames past it are zeroed before each
+    convolution: an utterance then sees zeros past its end, exactly the
+    convolution's own zero padding when it is alone, so its output does not
+    depend on how far its batch is padded (the padding's normalised features
+    are far from zero).
 
     Example
     -------
-    >>> front = Conv2dSubsampling(n_mels=40, channels=8, d_model=16)
+    >>> front = Conv2dSubsampling(n_mels=40, channels=8, d_model=16).eval()
     >>> front(torch.rand(2, 101, 40)).shape
     torch.Size([2, 26, 16])
+    >>> x = torch.rand(1, 50, 40)
+    >>> padded = torch.cat([x, torch.rand(1, 30, 40)], dim=1)
+    >>> alone, batched = front(x), front(padded, torch.tensor([50]))
+    >>> torch.allclose(alone, batched[:, :alone.shape[1]], atol=1e-6)
+    True
     """
 
     def __init__(self, n_mels, channels, d_model, dropout=0.1):
@@ -44,15 +79,46 @@ class Conv2dSubsampling(torch.nn.Module):
         """Output frames for ``n_frames`` input frames (int or tensor)."""
         return ((n_frames + 1) // 2 + 1) // 2
 
-    def forward(self, x):
-        """x: [batch, time, n_mels] -> [batch, ceil(time/4), d_model]."""
-        x = self.conv(x.unsqueeze(1))  # [B, C, T', F']
+    def forward(self, x, lengths=None):
+        """x: [batch, time, n_mels] -> [batch, ceil(time/4), d_model]; ``lengths``: frames [B] (None: all)."""
+        x = x.unsqueeze(1)  # [B, 1, T, F]
+        if lengths is not None:
+            x = zero_padding(x.transpose(1, 2), lengths).transpose(1, 2)
+        first, act, second, act2 = self.conv
+        x = act(first(x))
+        if lengths is not None:
+            x = zero_padding(x.transpose(1, 2), (lengths + 1) // 2).transpose(1, 2)
+        x = act2(second(x))
         b, c, t, f = x.shape
         return self.out(x.transpose(1, 2).reshape(b, t, c * f))
 
 
+class MaskedConvolutionModule(ConvolutionModule):
+    """speechbrain's Conformer convolution module with the padded frames zeroed before its depthwise convolution.
+
+    speechbrain masks only the module's output, so the last frames of an
+    utterance mix in the padded frames' values (``kernel_size // 2`` of
+    them) and its output depends on its batch-mates. Zeroing them right before the
+    depthwise convolution gives every utterance the convolution's own zero padding,
+    as when it is alone. Same parameters (and state-dict keys) as the parent.
+    """
+
+    def forward(self, x, mask=None, dynchunktrain_config=None):
+        if dynchunktrain_config is not None or self.causal:
+            return super().forward(x, mask, dynchunktrain_config=dynchunktrain_config)
+        out = self.bottleneck(self.layer_norm(x).transpose(1, 2))  # [B, C, T]
+        if mask is not None:  # mask: [B, T, 1], True at padding
+            out = out.masked_fill(mask.transpose(1, 2), 0.0)
+        out = self.after_conv(self.conv(out).transpose(1, 2))
+        return out if mask is None else out.masked_fill(mask, 0.0)
+
+
 class ConformerEncoderWrapper(torch.nn.Module):
     """speechbrain's ConformerEncoder with relative positions and a padding mask.
+
+    The padding mask reaches every place where frames mix: attention (keys)
+    and the convolution modules (:class:`MaskedConvolutionModule`), so an
+    utterance's output does not depend on its batch-mates.
 
     Example
     -------
@@ -70,16 +136,16 @@ class ConformerEncoderWrapper(torch.nn.Module):
             kernel_size=kernel_size, dropout=dropout, attention_type="RelPosMHAXL",
             output_hidden_states=True,  # for an auxiliary CTC head on an intermediate layer
         )
+        for layer in self.encoder.layers:
+            # the class only (same parameters and state-dict keys), so trained checkpoints still load
+            layer.convolution_module.__class__ = MaskedConvolutionModule
 
     def forward(self, x, lengths, layer=None):
         """x: [B, T, d]; lengths: relative lengths in (0, 1].
 
         With ``layer`` (1-based), also returns the output of that encoder layer.
         """
-        abs_len = torch.round(lengths * x.shape[1]).long().clamp(min=1)
-        # True at padding; arange rather than speechbrain's length_to_mask, which TorchScript
-        # tracing cannot follow (kd_brain.decode.export traces this model)
-        pad_mask = torch.arange(x.shape[1], device=x.device)[None, :] >= abs_len[:, None]
+        pad_mask = padding_mask(frame_counts(lengths, x.shape[1]), x.shape[1])
         out, _, hidden = self.encoder(x, src_key_padding_mask=pad_mask, pos_embs=self.pos(x))
         return out if layer is None else (out, hidden[layer])
 
@@ -103,7 +169,7 @@ class LSTMEncoder(torch.nn.Module):
     def forward(self, x, lengths, layer=None):
         if layer is not None:
             raise ValueError("an auxiliary CTC head on an intermediate layer needs the Conformer encoder")
-        abs_len = torch.round(lengths * x.shape[1]).long().clamp(min=1).cpu()
+        abs_len = frame_counts(lengths, x.shape[1]).cpu()
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, abs_len, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
@@ -171,11 +237,15 @@ class CTCModel(torch.nn.Module):
             use_fast_dropout(self)
 
     def forward(self, feats, lengths, aux=False):
-        """feats: [B, T, n_mels]; lengths relative. Returns log-probs [B, T/4, V].
+        """feats: [B, T, n_mels]; lengths relative to T (see :func:`feature_lengths`).
+        Returns log-probs [B, T/4, V].
 
         ``aux=True``: ``(log-probs, auxiliary head's log-probs [B, T/4, aux_vocab_size])``.
         """
-        x = self.frontend(feats)
+        n_feats = frame_counts(lengths, feats.shape[1])
+        x = self.frontend(feats, n_feats)
+        # the encoder's relative lengths from exact output frame counts, not rounded again
+        lengths = Conv2dSubsampling.output_length(n_feats).to(feats.dtype) / x.shape[1]
         if not aux:
             return self.head(self.encoder(x, lengths)).log_softmax(dim=-1)
         if not self.aux_vocab_size:
@@ -188,7 +258,25 @@ class CTCModel(torch.nn.Module):
         return {"frame_shift_ms": self.hop_ms * self.subsampling, "subsampling": self.subsampling,
                 "vocab_size": self.vocab_size}
 
+    def feature_frames(self, n_samples, sample_rate=16000):
+        """Fbank frames for an utterance of ``n_samples`` (speechbrain Fbank, centred frames)."""
+        return n_samples // int(round(sample_rate * self.hop_ms / 1000)) + 1
+
     def output_frames(self, n_samples, sample_rate=16000):
-        """CTC frames for an utterance of ``n_samples`` (speechbrain Fbank, centred frames)."""
-        hop = int(round(sample_rate * self.hop_ms / 1000))
-        return Conv2dSubsampling.output_length(n_samples // hop + 1)
+        """CTC frames for an utterance of ``n_samples``."""
+        return Conv2dSubsampling.output_length(self.feature_frames(n_samples, sample_rate))
+
+    def feature_lengths(self, wav_lens, n_samples, n_feats):
+        """Relative lengths over the features (what :meth:`forward` takes) from relative lengths over
+        the waveforms: ``wav_lens`` [B] of a batch padded to ``n_samples``, ``n_feats`` feature frames.
+
+        Each utterance's exact frame count, so its frames are the ones it has alone.
+
+        Example
+        -------
+        >>> m = CTCModel(40, 16, LSTMEncoder(16, 8, 1), vocab_size=5, frontend_channels=4)
+        >>> (m.feature_lengths(torch.tensor([1.0, 0.5]), 16000, 101) * 101).round().tolist()
+        [101.0, 51.0]
+        """
+        samples = torch.round(wav_lens * n_samples).long()
+        return self.feature_frames(samples).to(wav_lens.dtype) / n_feats

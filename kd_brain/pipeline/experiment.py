@@ -84,8 +84,31 @@ def init_from(hp, tokenizer):
         raise ValueError(f"init_from={hp['init_from']}: {best.path} is another architecture "
                          f"(missing {missing}, unexpected {unexpected}); set arch like that model's")
     load_normalization(hp["normalize"], best)
-    logger.info("Initialised %s from %s%s", hp["model_name"], best.path,
-                "" if same_units else f" except the output layer: its {len(source_units)} units are not ours")
+    if init_normalizer(hp) == "reestimate":  # from this config's training data, over its first epoch
+        hp["normalize"].count = 0
+    logger.info("Initialised %s from %s%s (input statistics: %s)", hp["model_name"], best.path,
+                "" if same_units else f" except the output layer: its {len(source_units)} units are not ours",
+                init_normalizer(hp))
+
+
+NORMALIZER_POLICIES = ("frozen", "reestimate")
+
+
+def init_normalizer(hp):
+    """What a model initialised from another does with that model's input statistics (``init_normalizer``):
+    ``frozen`` keeps them (the teacher's soft labels were made with them), ``reestimate`` estimates
+    them anew from this config's training data during its first epoch. None without ``init_from``."""
+    if not hp.get("init_from"):
+        return None
+    policy = hp.get("init_normalizer", "frozen")
+    if policy not in NORMALIZER_POLICIES:
+        raise ValueError(f"init_normalizer={policy}: choose one of {', '.join(NORMALIZER_POLICIES)}")
+    return policy
+
+
+def normalizer_frozen(hp):
+    """Whether training must leave the input statistics as they are (a frozen initialisation)."""
+    return init_normalizer(hp) == "frozen"
 
 
 def trains_aux(hp):

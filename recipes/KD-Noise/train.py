@@ -39,8 +39,8 @@ from kd_brain.brains.ddp import RankBatchSplitter, default_backend, rank, world_
 from kd_brain.brains.evaluate import EvalBrain, evaluate_conditions, update_results
 from kd_brain.brains.student import StudentBrain
 from kd_brain.data.dataio import make_dataset
-from kd_brain.pipeline.experiment import (condition_sets, freeze_unused_aux_head, init_from, prepare, student_data,
-                                          trains_aux)
+from kd_brain.pipeline.experiment import (condition_sets, freeze_unused_aux_head, init_from, normalizer_frozen,
+                                          prepare, student_data, trains_aux)
 from kd_brain.pipeline.lock import releases_locks, take_lock
 from kd_brain.pipeline.modeldir import lm_decoder, lm_settings, load_tokenizer, nbest_searcher, origin_config
 
@@ -95,7 +95,8 @@ def main(argv):
     freeze_unused_aux_head(hp)  # before the Brain: DDP registers the trainable parameters
     brain_class = StudentBrain if is_student else TeacherBrain
     brain = brain_class(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp, run_opts=run_opts,
-                        checkpointer=hp["checkpointer"], tokenizer=tokenizer, **extra)
+                        checkpointer=hp["checkpointer"], tokenizer=tokenizer,
+                        frozen_normalizer=normalizer_frozen(hp), **extra)
     brain.train_sampler = sampler  # so fit() calls set_epoch: a new batch order every epoch
     brain.fit(hp["epoch_counter"], train_set, valid_set,
               train_loader_kwargs={"batch_sampler": sampler, "num_workers": hp["num_workers"]},

@@ -7,15 +7,25 @@
 ``--key=value`` changes one of the model's other decoding keys (lm_units,
 lm_order, lm_blank_penalty, lm_beam_size, lm_token_beam) for the whole grid.
 
-Runs the model's best checkpoint once over the dev manifest of its data
-folder (log-probs cached in ``<model>/dev_logprobs.pt``), then decodes dev with
-the model's own LM search at each ``lm_weight,word_score`` and prints the dev
-WER. In the default teacher config that search is the sub-word 6-gram without a
+Runs the model's best checkpoint once over the dev set of its data folder,
+exactly as evaluation does (``EvalBrain`` through ``evaluate_conditions``:
+the same dev set, batches of ``test_batch_size`` sorted by duration, padding
+and ``compute_forward``), then decodes those batches with the model's own LM
+search at each ``lm_weight,word_score`` and prints the dev WER: at the model's
+own setting it is the results table's dev ``lm`` WER. The log-probs are cached
+in ``<model>/dev_logprobs.<hash>.pt``, ``<hash>`` the checkpoint's model file
+(``kd_brain.brains.extract.file_hash``), so a retrained model is never tuned on
+an earlier checkpoint's outputs; caches of other checkpoints are deleted when a
+new one is written. The pass runs on the CPU, like ``train.py`` without
+``--device`` (a table made on a GPU may differ in the last digits).
+
+In the default teacher config the search is the sub-word 6-gram without a
 lexicon (``lm_units: piece``), where word_score is unused; ``--lm_units=word``
 tunes the word n-gram with its lexicon. Dev only, by design: tuning on a test
 condition is not offered.
 """
 
+import glob
 import os
 import sys
 
@@ -23,30 +33,40 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from speechbrain.utils.metric_stats import ErrorRateStats  # noqa: E402
-
-from kd_brain.data.dataio import make_dataset  # noqa: E402
+from kd_brain.brains.evaluate import LogProbsBrain, decoder_stats, evaluate_conditions  # noqa: E402
+from kd_brain.brains.extract import file_hash  # noqa: E402
+from kd_brain.pipeline.atomic import atomic_path, is_temporary  # noqa: E402
+from kd_brain.pipeline.experiment import condition_sets  # noqa: E402
 from kd_brain.pipeline.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
 
 
-def dev_log_probs(model_dir, source):
-    """{utt: (log-probs [T, V], transcript)} of dev, computed once per model folder.
+def cache_path(model_dir, checkpoint):
+    """``<model>/dev_logprobs.<hash>.pt``: named by the checkpoint's model file, so no other checkpoint reads it."""
+    return os.path.join(model_dir, f"dev_logprobs.{file_hash(checkpoint.paramfiles['model'])}.pt")
 
-    ``source`` is the folder's ``load_label_source`` (model, origin config, best checkpoint, tokenizer).
+
+def dev_batches(model_dir, source):
+    """Evaluation's dev batches ``(ids, transcripts, log-probs, lengths)`` of the best checkpoint, cached.
+
+    ``source`` is the folder's ``load_label_source`` (model config, origin config, best checkpoint, tokenizer).
     """
-    cache = os.path.join(model_dir, "dev_logprobs.pt")
+    cfg, origin, best, tokenizer = source
+    cache = cache_path(model_dir, best)
     if os.path.isfile(cache):
         return torch.load(cache, weights_only=True)
-    cfg, origin, best, tokenizer = source
-    cfg["checkpointer"].load_checkpoint(best)
-    model, norm, feats = cfg["model"].eval(), cfg["normalize"].eval(), cfg["compute_features"]
-    out = {}
-    with torch.no_grad():
-        for item in make_dataset(os.path.join(origin["data_folder"], "dev.csv"), tokenizer):
-            f = norm(feats(item["sig"][None]), torch.ones(1))
-            out[item["id"]] = (model(f, torch.ones(1))[0], item["wrd"])
-    torch.save(out, cache)
-    return out
+    # train.py's evaluation, decoders left out: the table's dev set, loader, checkpoint and forward
+    brain = LogProbsBrain(modules=cfg["modules"], hparams=cfg, run_opts={"noprogressbar": True},
+                          checkpointer=cfg["checkpointer"], tokenizer=tokenizer)
+    brain.checkpoint = best  # the one the cache is named after (evaluation's min_key="WER" picks it too)
+    dev = condition_sets(cfg, tokenizer, origin["data_folder"])["dev"]
+    batches = evaluate_conditions(brain, {"dev": dev}, loader_kwargs={"batch_size": cfg["test_batch_size"]})
+    batches = batches["dev"]["batches"]
+    with atomic_path(cache) as tmp:
+        torch.save(batches, tmp)
+    for old in glob.glob(os.path.join(model_dir, "dev_logprobs*.pt")):  # other checkpoints' (and unkeyed) caches
+        if old != cache and not is_temporary(os.path.basename(old)):
+            os.remove(old)
+    return batches
 
 
 def main(argv=None):
@@ -63,16 +83,13 @@ def main(argv=None):
         if key not in lm:
             sys.exit(f"--{key}: not a decoding key (choose from {', '.join(sorted(lm))})")
         lm[key] = value if key == "lm_units" else float(value) if key == "lm_blank_penalty" else int(value)
-    dev = dev_log_probs(model_dir, source)
+    dev = dev_batches(model_dir, source)
     results = {}
     for lm_weight, word_score in grid:
         # the model's own decoder (LM and lexicon built once, skipped after) with two settings changed
         decoder = lm_decoder({**lm, "lm_weight": lm_weight, "word_score": word_score}, origin["data_folder"],
                              tokenizer)
-        wer = ErrorRateStats()
-        for utt, (lp, wrd) in dev.items():
-            wer.append([utt], [decoder(lp[None], torch.ones(1))[0]], [wrd.split()])
-        results[(lm_weight, word_score)] = wer.summarize("error_rate")
+        results[(lm_weight, word_score)] = decoder_stats(decoder, dev).summarize("error_rate")
         print(f"{' '.join(f'--{k}={v}' for k, v in overrides.items())} "
               f"lm_weight={lm_weight} word_score={word_score}: dev WER {results[(lm_weight, word_score)]:.2f}",
               flush=True)
