@@ -19,6 +19,7 @@ from kd_brain.data.dataio import contaminator_item, make_dataset, make_student_d
 from kd_brain.data.prepare import prepare_corpus
 from kd_brain.data.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
 from kd_brain.noise.conditions import CONDITIONS
+from kd_brain.pipeline.fingerprint import check_labels
 from kd_brain.pipeline.modeldir import (best_checkpoint, load_normalization, load_tokenizer, origin_config,
                                      split_manifest)
 from kd_brain.store import SoftLabelStore
@@ -142,6 +143,11 @@ def student_data(hp, tokenizer, data_folder):
         elif store.target != "topk":
             raise ValueError(f"criterion={criterion} reads the N-best of a top-k store; {hp['store_dir']} "
                              f"is a {store.target} store")
+        # labels of this teacher's best checkpoint and of these manifests (a retrained teacher leaves its
+        # old store behind): refused, or with allow_label_mismatch recorded in the model folder
+        check_labels(store.meta, hp["store_dir"], [store.meta.get("teacher_dir"), hp["teacher_dir"]],
+                     [split_manifest(data_folder, s) for s in hp["train_splits"]],
+                     allow=hp.get("allow_label_mismatch", False), record_dir=hp.get("output_folder"))
     if hp["contaminate"] and world_size() > 1:
         # the noise cache is written by whoever decodes a clip first: the main process, alone
         run_on_main(_warm_noise_cache, args=[hp["contaminator"]])
@@ -163,11 +169,26 @@ def _warm_noise_cache(factory):
 
 
 def condition_sets(hp, tokenizer, data_folder):
-    """Named test sets: dev, clean and the noisy conditions that exist, then ``extra_test``."""
+    """Named test sets: dev (and, for a config trained on noise, ``dev_noisy``: :func:`noisy_dev`),
+    clean and the noisy conditions that exist, then ``extra_test``."""
     paths = {"dev": os.path.join(data_folder, "dev.csv"), "clean": os.path.join(data_folder, "test_clean.csv")}
     for name in CONDITIONS:  # written by the prepare stage (its clean.csv adds the audit columns)
         path = os.path.join(hp["prep_folder"], "conditions", f"{name}.csv")
         if os.path.isfile(path):
             paths[name] = path
     paths.update(hp["extra_test"] or {})
-    return {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}
+    sets = {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}
+    if hp.get("contaminate"):  # a model trained on noise is also scored on the noisy dev that selected it
+        sets = {"dev": sets.pop("dev"), "dev_noisy": noisy_dev(hp, tokenizer, data_folder), **sets}
+    return sets
+
+
+def noisy_dev(hp, tokenizer, data_folder):
+    """Dev through the config's training noise and rooms at the fixed draw of validation (epoch -1):
+    the set that selects a noise-trained model's checkpoints, as a test set (``sig`` is the noisy audio)."""
+    contaminator = hp["contaminator"]()
+    contaminator.set_epoch(-1)
+    ds = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
+    ds.add_dynamic_item(contaminator_item(contaminator))
+    ds.set_output_keys({"id": "id", "sig": "noisy_sig", "wrd": "wrd", "tokens": "tokens"})
+    return ds

@@ -8,7 +8,7 @@
 
 Each row is a student trained with the main job's teacher, test conditions and
 soft-label store; only what the row varies is an override. A row is a stage
-(``<exp>/stages/<model>.done``: printed before it runs, skipped when done), so
+(``<exp>/stages/<model>.done``: printed before it runs, skipped when done from the same inputs), so
 a grid resumes after an interruption and rows shared by grids train once.
 Settings are chosen on dev only (the temperature grid runs at the k with the
 lowest dev WER). ``report.md`` in the experiment gathers the tables, plots and
@@ -130,6 +130,10 @@ class Grid:
         if grid == "clean_share":
             return [Row("all noisy (the paper)", b.model, b.stages)] + self.one_key_rows(
                 "clean_share", (0.2, 0.5), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
+        if grid == "normalizer":  # the initialised student's input statistics: the teacher's, or its own
+            return [Row("teacher's statistics, frozen (the default)", b.model, b.stages)] + self.one_key_rows(
+                "init_normalizer", ("reestimate",), lambda v: "norm_reestimate",
+                lambda v: "re-estimated on the student's noisy data")
         if grid == "init":
             rnd_model, rnd = self.train("random_init", "--init_from=null")
             return [Row("from the teacher", b.model, b.stages),
@@ -204,25 +208,30 @@ def blank_label(w):
 
 
 # headline: k = all, T = 1, the other blank weight and 20% clean against the base (also run at the main scale)
-GRIDS = ["k", "temperature", "criterion", "label_source", "target", "blank", "clean_share", "init",
+GRIDS = ["k", "temperature", "criterion", "label_source", "target", "blank", "clean_share", "normalizer", "init",
          "labelled_fraction", "headline"]
 
 
-def run_rows(root, exp, rows, extra):
-    """Runs every stage of ``rows`` (done ones are skipped); a callable argv is built when its turn comes."""
+def run_rows(root, exp, rows, extra, main=()):
+    """Runs every stage of ``rows`` (done ones are skipped); a callable argv is built when its turn comes.
+    A row stage of ``main`` (the main job's stage names: its student, at the main scale) is reused as the
+    main job ran it (``run_stage``'s ``reuse``)."""
     for row in rows:
         for name, argv in row.stages:
-            run_stage(root, row.exp or exp, name, argv() if callable(argv) else argv, extra, force=False)
+            run_stage(root, row.exp or exp, name, argv() if callable(argv) else argv, extra, force=False,
+                      reuse=row.exp is None and name in main)
 
 
 def run_ablations(grid, names, extra):
-    """Runs the main job's stages the rows need (teacher, teacher_seq, conditions, store), then the grids."""
+    """Runs the main job's stages the rows need (teacher, teacher_seq, conditions, store), then the grids.
+    The main job's stages count as it ran them (its --teacher_epochs ... are not the grid's); one that is out
+    of date stops the run."""
     root, exp = grid.root, grid.exp
     for name in ("corpus", "prepare", "teacher", "teacher_seq", "extract"):
         if name in grid.main:
-            run_stage(root, exp, name, grid.main[name], extra, force=False)
+            run_stage(root, exp, name, grid.main[name], extra, force=False, reuse=True)
     for name in (GRIDS if "all" in names else names):
         if name == "temperature":  # its k is the k grid's dev-best
-            run_rows(root, exp, grid.rows("k"), extra)
+            run_rows(root, exp, grid.rows("k"), extra, grid.main)
         print(f"\n##### ablation {name} ({grid.scale} scale)", flush=True)
-        run_rows(root, exp, grid.rows(name, load_results(os.path.join(root, exp), missing_ok=True)), extra)
+        run_rows(root, exp, grid.rows(name, load_results(os.path.join(root, exp), missing_ok=True)), extra, grid.main)

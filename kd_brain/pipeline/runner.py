@@ -1,10 +1,18 @@
-"""Running a stage: its command in a subprocess, its record, and skipping it when done.
+"""Running a stage: its command in a subprocess, its record, and skipping it when done from the same inputs.
 
 A finished stage leaves ``<run>/stages/<name>.done`` (JSON: seconds, command,
-commit), written all or nothing; a stage with a record is skipped unless
-forced. Training and preparation stages receive the driver's extra
-``--key=value`` overrides whose key their YAML has, and every stage that loads
-a model SpeechBrain's run options.
+commit, and what it was made from: its fingerprint, inputs and outputs, see
+:mod:`kd_brain.pipeline.fingerprint`), written all or nothing; a stage whose
+record holds the inputs it would read now is skipped unless forced. Any other
+run starts fresh, its old outputs moved aside (``<path>.stale-<n>``): a stale
+record (its command changed, or a stage it reads ran afresh since), no record
+(never run, or the record deleted to redo it). Only an interrupted run
+(``<name>.started`` with the same inputs) resumes from its own checkpoints,
+and a forced stage whose inputs are unchanged (``run.py --stages``) resumes in
+place, keeping its fingerprint: a finished model is only evaluated again.
+Training and preparation stages receive the driver's extra ``--key=value``
+overrides whose key their YAML has, and every stage that loads a model
+SpeechBrain's run options.
 """
 
 import json
@@ -13,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from kd_brain.pipeline import config
+from kd_brain.pipeline import config, fingerprint
 from kd_brain.pipeline.atomic import write_json
 from kd_brain.pipeline.lock import held_fds
 from kd_brain.pipeline.plan import merge
@@ -74,14 +82,65 @@ def done_path(root, run, name):
     return os.path.join(root, run, "stages", f"{name}.done")
 
 
-def run_stage(root, run, name, argv, extra, force, nproc=1):
-    """Runs one stage from ``root`` (skipped when its record exists and not ``force``)."""
+def _how(root, run, name, argv, force, reuse):
+    """``(fingerprint to run under, start fresh, inputs)``, or None to skip; prints why a stage reruns."""
     done = done_path(root, run, name)
-    if os.path.isfile(done) and not force:
-        print(f"=== stage {name}: done earlier, skipped (delete {os.path.relpath(done, root)} to redo)", flush=True)
-        return
+    now, record = fingerprint.inputs(root, argv, done), fingerprint.load(done)
+    redo = f"delete {os.path.relpath(done, root)} to redo"
+    if record is not None:
+        reasons = fingerprint.changes(record, now, check_command=not reuse)
+        if not reasons and not force:
+            if "fingerprint" not in record:
+                fingerprint.adopt(done, record, now)
+                print(f"=== stage {name}: done earlier, before stage fingerprints were recorded: taken as it is, "
+                      f"skipped ({redo})", flush=True)
+            else:
+                print(f"=== stage {name}: done earlier, skipped ({redo})", flush=True)
+            return None
+        if reasons and reuse:
+            raise RuntimeError(f"stage {name} of {run} is out of date ({'; '.join(reasons)}); it is the main job's: "
+                               "rerun the main job (run.py with its options) first")
+        if reasons:
+            print(f"=== stage {name}: {'; '.join(reasons)}, rerunning", flush=True)
+            return fingerprint.new_fingerprint(now), True, now
+        # forced, nothing it reads changed: in place, the same outputs (unless they are gone)
+        outputs = fingerprint.writes(root, argv)
+        present = not outputs or any(os.path.exists(os.path.join(root, p)) for p in outputs)
+        return (fingerprint.fingerprint_of(record), False, now) if present else (
+            fingerprint.new_fingerprint(now), True, now)
+    begun = fingerprint.load(started_path(root, run, name))
+    if begun is not None and begun["inputs"] == now:  # interrupted: resumes from its own state
+        return begun["fingerprint"], False, now
+    return fingerprint.new_fingerprint(now), True, now
+
+
+def started_path(root, run, name):
+    return os.path.join(root, run, "stages", f"{name}.started")
+
+
+def run_stage(root, run, name, argv, extra, force, nproc=1, reuse=False):
+    """Runs one stage from ``root``, unless its record shows it done from the inputs it reads now.
+
+    ``force`` runs it even then (in place: see the module docstring). ``reuse``: a stage another run owns
+    (the main job's, under ``--ablation``): its record counts whatever its command (the main job's options
+    are not the grid's), and a stale one stops the run.
+    """
+    done, started = done_path(root, run, name), started_path(root, run, name)
     if argv[0].endswith(MODEL_SCRIPTS):
         argv = merge(argv, overrides_for(root, argv, extra))
+    how = _how(root, run, name, argv, force, reuse)
+    if how is None:
+        return
+    fp, fresh, now = how
+    outputs = fingerprint.writes(root, argv)
+    if fresh and argv[0].endswith(fingerprint.FRESH):
+        for path, stale in fingerprint.move_aside(root, outputs):
+            print(f"=== stage {name}: {path} moved aside to {stale} (a fresh run; delete it when not needed)",
+                  flush=True)
+    # a kill from here on leaves .started with these inputs (the next run resumes) and no stale .done
+    write_json(started, {"fingerprint": fp, "inputs": now})
+    if os.path.isfile(done):
+        os.remove(done)
     shown, launch = launcher(argv, nproc)
     print(f"\n=== stage {name}: {shown} {' '.join(argv)}", flush=True)
     t0 = time.time()
@@ -90,13 +149,19 @@ def run_stage(root, run, name, argv, extra, force, nproc=1):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     subprocess.run(launch + argv, cwd=root, check=True, pass_fds=held_fds(), env=env)
     seconds = round(time.time() - t0)
+    record = {"seconds": seconds, "command": f"{shown} " + " ".join(argv), "commit": commit(root),
+              "fingerprint": fp, "inputs": now, "writes": outputs}
+    for path in outputs:  # a student trained on labels of another teacher (allow_label_mismatch) says so
+        mismatch = fingerprint.load(os.path.join(root, path, "label_mismatch.json"))
+        record.update({"label_mismatch": mismatch} if mismatch else {})
     # all or nothing: a kill while writing never leaves a half .done that marks the stage finished
-    write_json(done, {"seconds": seconds, "command": f"{shown} " + " ".join(argv), "commit": commit(root)})
+    write_json(done, record)
+    os.remove(started)
     print(f"=== stage {name} done in {seconds} s", flush=True)
 
 
 def stage_log(root, run, order):
-    """{stage: its .done record (seconds, command, commit)} of the stages that finished in ``run``."""
+    """{stage: its .done record (seconds, command, commit, fingerprint ...)} of the stages that finished in ``run``."""
     out = {}
     for name in order:
         path = done_path(root, run, name)

@@ -14,7 +14,9 @@ Stages (each one command, printed before it runs, so any stage can be rerun
 or forked by hand): corpus, prepare, teacher, teacher_seq, extract, student,
 student_seq, the baselines multicondition, pseudo_labels + pseudo_label, and
 the report (paper table with bootstrap intervals, every stage's command and commit). A finished stage leaves ``<exp>/stages/<name>.done`` and
-is skipped next time; an interrupted one resumes from its own checkpoints.
+is skipped next time while its command and the stages it reads are unchanged; otherwise it and every
+stage after it rerun from scratch, saying why (old outputs moved to ``<path>.stale-<n>``;
+kd_brain/pipeline/fingerprint.py); an interrupted one resumes from its own checkpoints.
 ``--stages a b`` runs only those (done or not); extra ``--key=value`` go to
 every preparation and training stage whose YAML has that key; SpeechBrain's
 run options (``--device``, ``--precision``, ...) go to every stage that loads a
@@ -46,7 +48,9 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: a stage's own key must reach the stages (--seed=7 is not --seeds 7)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--corpus", default="synthetic", choices=CORPORA)
     parser.add_argument("--data_root", help="librispeech: the folder holding LibriSpeech/, musan/, RIRS_NOISES/ "
                         "(and VOiCES_devkit/)")
@@ -55,7 +59,8 @@ def parse_args():
     parser.add_argument("--exp", help="experiment folder (default: exp/<corpus>)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="train every model N times with different seeds (same corpus and test sets)")
-    parser.add_argument("--stages", nargs="*", help="run only these stages, even if done")
+    parser.add_argument("--stages", nargs="*",
+                        help="run only these stages, even if done (afresh when something they read changed)")
     parser.add_argument("--units", default="subword", choices=["subword", "char"],
                         help="output units of every model (char: 30 characters; default exp/<corpus>_char)")
     # One key per model, not --number_of_epochs=N, which would reach every stage (the sequence stages' 1 too)
