@@ -93,3 +93,20 @@ def test_trained_model_transcripts_do_not_depend_on_batch_size(kd_exp):
         for i, w in enumerate(wavs):
             one, _ = am(w[None], torch.ones(1))
             assert (one[0] - lp[i, :int(frames[i])]).abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_training_sees_the_padding_only_when_configured(masked):
+    """``mask_padding_in_training``: False (the default) lets training see its batch's padding; True masks it
+    in training too. Evaluation masks either way (the tests above)."""
+    torch.manual_seed(0)
+    enc = ConformerEncoderWrapper(num_layers=2, d_model=32, d_ffn=64, nhead=2, kernel_size=15, dropout=0.0)
+    model = CTCModel(n_mels=40, d_model=32, encoder=enc, vocab_size=12, frontend_channels=8, dropout=0.0,
+                     mask_padding_in_training=masked).train()
+    feats = torch.randn(2, 120, 40)
+    feats[0, 40:] = -5.0  # the first utterance is 40 frames; its padding as normalised log-zero features
+    with torch.no_grad():
+        batched = model(feats, torch.tensor([40 / 120, 1.0]))[0, :10]
+        alone = model(feats[:1, :40], torch.ones(1))[0]
+    diff = (batched - alone).abs().max().item()
+    assert diff < TOL if masked else diff > 100 * TOL

@@ -29,7 +29,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_m
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from kd_brain.pipeline.atomic import write_bytes, write_text
-from kd_brain.brains.ddp import (RankBatchSplitter, float32_outputs, global_mean, rank,
+from kd_brain.brains.ddp import (RankBatchSplitter, float32_outputs, global_mean, pad_to_global_length, rank,
                           rank_share, unwrapped)
 from kd_brain.data.tokenizer import BLANK_ID
 
@@ -240,8 +240,10 @@ class CTCBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = self.input_signal(batch, stage)
-        feats = self.hparams.compute_features(wavs)
         net = unwrapped_model(self.modules.model)
+        if stage == sb.Stage.TRAIN and getattr(self, "distributed_launch", False) and not net.mask_padding_in_training:
+            wavs, wav_lens = pad_to_global_length(wavs, wav_lens)  # as the 1-process batch is padded
+        feats = self.hparams.compute_features(wavs)
         feat_lens = net.feature_lengths(wav_lens, wavs.shape[1], feats.shape[1])  # exact frames per utterance
         feats = self.modules.normalize(feats, feat_lens, epoch=self.normalizer_epoch())
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:

@@ -12,10 +12,10 @@ batch is N times the 1-process one, and the batch order is reshuffled by
   ``batch_seconds`` is therefore the *global* batch; to grow it with N
   (each rank keeping the 1-process share), it is one override,
   ``--batch_seconds=<N x value>``.
-* Padding needs nothing: the model masks the padded frames
-  (:mod:`kd_brain.model.conformer`), so a rank's share gives each utterance
-  the numbers of the 1-process batch up to summation order, however far
-  each share is padded.
+* ``pad_to_global_length`` pads each share as far as the global batch is
+  padded, for a model that sees its padding in training
+  (``mask_padding_in_training: False``), so an utterance's numbers are
+  those of the 1-process run up to summation order.
 * The input normaliser's statistics (SpeechBrain's ``InputNormalization``)
   are reduced over the ranks at each update, so every rank holds the
   1-process statistics.
@@ -104,6 +104,26 @@ class RankBatchSplitter(torch.utils.data.Sampler):
     def set_epoch(self, epoch):
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
+
+
+def pad_to_global_length(wavs, wav_lens):
+    """Pads this rank's share of a batch to the longest utterance of the whole (global) batch.
+
+    In training a model that sees its padding (``mask_padding_in_training:
+    False``) gives an utterance outputs that depend on how far its batch is
+    padded, so each rank pads as the 1-process batch would: the numbers then
+    differ from one process only in summation order. Relative lengths are recomputed like
+    ``PaddedBatch`` does (sample count / padded length). Unchanged without DDP.
+    """
+    if world_size() == 1:
+        return wavs, wav_lens
+    n = wavs.shape[1]
+    longest = int(ddp_all_reduce(torch.tensor(n, device=wavs.device), torch.distributed.ReduceOp.MAX))
+    if longest == n:
+        return wavs, wav_lens
+    samples = torch.round(wav_lens * n).long().tolist()
+    wavs = torch.nn.functional.pad(wavs, (0, longest - n))
+    return wavs, torch.tensor([s / longest for s in samples], dtype=wav_lens.dtype, device=wav_lens.device)
 
 
 def rank_share(count, device="cpu"):
