@@ -121,6 +121,29 @@ TINY_OVERRIDES = {
 }
 
 
+def tiny_noise(tmp):
+    """A manifest of 8 of the real noise clips (3 music, 3 talk, 2 reserved), as overrides: the conditions
+    decode 4, not 72."""
+    from kd_brain.data.prepare import read_csv, write_csv
+
+    rows = read_csv(str(SHARED / "noise" / "noise.csv"))
+    keep = {"warzone2100": 3, "asterisk-en": 3, "fillets-en": 1, "singularity": 1}
+    rows = [r for r in rows if keep.get(r["source"], 0) > sum(x["source"] == r["source"] for x in rows[:rows.index(r)])]
+    write_csv(str(tmp / "noise.csv"), rows, list(rows[0]))
+    return [f"--noise_csv={tmp / 'noise.csv'}", f"--noise_root={SHARED}"]
+
+
+def prepare_tiny(exp, corpus, teacher_yaml="teacher_bed.yaml"):
+    """prepare.py on a tiny corpus into ``exp``: manifests, tokenizer, a 6-room bank, the test conditions and
+    dev_noisy (8 real noise clips)."""
+    import functools
+
+    module = load_recipe("prepare")
+    module.simulate_room_bank = functools.partial(module.simulate_room_bank, n_rooms=6, n_test_rooms=2)
+    module.main([str(REPO / "hparams" / teacher_yaml), str(REPO / "hparams" / "student.yaml"),
+                 f"--corpus_dir={corpus}", f"--exp_folder={exp}"] + overrides_argv() + tiny_noise(Path(exp)))
+
+
 def flow(value):
     """A command-line override value: YAML flow style for a mapping (``{d_model: 32}``)."""
     if isinstance(value, dict):
@@ -164,7 +187,18 @@ def kd_exp(tiny_teacher):
     load_recipe("extract").main([str(REPO / "hparams" / "extract.yaml"), f"--exp_folder={tiny_teacher}",
                                  "--noprogressbar", "--k=5", "--nbest=2", "--beam_size=2"])
     simulate_room_bank(str(tiny_teacher / "rooms.pt"), n_rooms=6, n_test_rooms=2, num_workers=1)
+    write_dev_noisy(tiny_teacher)
     return tiny_teacher
+
+
+def write_dev_noisy(exp):
+    """The prepare stage's dev_noisy of ``exp`` (student.yaml's noise, rooms and seed), no test condition."""
+    from kd_brain.noise.conditions import write_conditions
+
+    need((SHARED / "noise" / "noise.csv").is_file(), f"{SHARED}/noise (real noise clips) not found")
+    write_conditions(str(exp / "data" / "test_clean.csv"), str(exp / "conditions"), str(SHARED / "noise" / "noise.csv"),
+                     str(exp / "rooms.pt"), str(SHARED / "rir" / "rir.csv"), conditions=(),
+                     cache_dir=str(exp / "noise_cache"), dev_csv=str(exp / "data" / "dev.csv"))
 
 
 def student_argv(exp, *extra):

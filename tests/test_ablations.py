@@ -30,7 +30,8 @@ def test_rows_train_distinct_models_with_the_main_students_command(grid):
                 continue  # built when its turn comes (equal wall time)
             assert f"--exp_folder={EXP}" in argv
             if argv[0].endswith("train.py"):
-                assert argv[1] == "hparams/student.yaml" and f"--model_name={name}" in argv
+                config = "hparams/teacher.yaml" if name.startswith("teacher") else "hparams/student.yaml"
+                assert argv[1] == config and f"--model_name={name}" in argv
                 keys = [a.split("=", 1)[0] for a in argv]
                 assert len(keys) == len(set(keys)), argv  # an override replaces, never repeats, a key
 
@@ -134,3 +135,19 @@ def test_report_shows_another_experiments_rows_with_the_base_and_each_rows_own_c
     assert "| 10% labelled: student | student | 21.00 |" in section
     assert f"`python teacher_seq.py --exp_folder={EXP}_lab10`" in section
     assert f"`python extract.py --exp_folder={EXP}_lab10`" not in section
+
+
+def test_smooth_grid_distils_the_smooth_teacher_only():
+    rows = abl.Grid(ROOT, EXP, "ablation", vocab_size=256).rows("smooth")
+    teacher_name, teacher = rows[1].stages[0]
+    assert rows[0].model == "abl_k20" and teacher_name == "teacher_smooth" == rows[1].model
+    assert f"--entropy_weight={abl.SMOOTH_WEIGHT}" in teacher and teacher[1] == "hparams/teacher.yaml"
+    grid = {}
+    for row in rows[2:]:
+        assert row.stages[0] == rows[1].stages[0]  # the same teacher stage, trained once
+        (store, extract), argv = row.stages[1], train_argv(row)
+        assert f"--teacher_dir={EXP}/teacher_smooth" in extract and "--init_from=teacher_smooth" in argv
+        assert f"--teacher_dir={EXP}/teacher_smooth" in argv and f"--store_dir={EXP}/{store[8:]}" in argv
+        grid[next(a[4:] for a in argv if a.startswith("--k=")), next(a[14:] for a in argv if a.startswith("--temperature="))] = store
+    assert set(grid) == {("1", "2.0"), ("5", "2.0"), ("20", "2.0"), ("256", "2.0"), ("20", "1.0"), ("20", "4.0")}
+    assert grid["256", "2.0"] == "extract_softlabels_smooth_all" and grid["20", "2.0"] == "extract_softlabels_smooth"

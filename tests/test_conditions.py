@@ -39,29 +39,33 @@ def bed(tmp_path_factory):
         sf.write(d / "rir" / f"r{i}.flac", rir, SR)
         rir_rows.append(dict(ID=f"r{i}", duration=0.1, path=f"rir/r{i}.flac", room=f"room{i // 2}"))
     test_rows = []
-    for i in range(5):
+    for i in range(9):  # u0-u4 test, d5-d8 dev
         n = int(SR * rng.uniform(0.5, 1.2))
         audio = rng.standard_normal(n) * 0.1 * (0.5 + 0.5 * np.sin(np.arange(n) / 600) ** 2)
-        sf.write(d / "speech" / f"u{i}.wav", audio, SR, subtype="PCM_16")
-        test_rows.append(dict(ID=f"u{i}", duration=n / SR, wav=f"speech/u{i}.wav", spk_id=f"s{i % 2}", wrd="HELLO"))
-    bed = dict(test_csv=write_csv(d / "test.csv", test_rows), noise_csv=write_csv(d / "noise" / "noise.csv", noise_rows),
+        utt = f"u{i}" if i < 5 else f"d{i}"
+        sf.write(d / "speech" / f"{utt}.wav", audio, SR, subtype="PCM_16")
+        test_rows.append(dict(ID=utt, duration=n / SR, wav=f"speech/{utt}.wav", spk_id=f"s{i % 3}", wrd="HELLO"))
+    bed = dict(test_csv=write_csv(d / "test.csv", test_rows[:5]), dev_csv=write_csv(d / "dev.csv", test_rows[5:]),
+               noise_csv=write_csv(d / "noise" / "noise.csv", noise_rows),
                rir_csv=write_csv(d / "rir" / "rir.csv", rir_rows), room_bank=str(d / "rooms.pt"), dir=d)
     simulate_room_bank(bed["room_bank"], n_rooms=5, n_test_rooms=2, sources_per_room=4, rt60_range=(0.2, 0.3),
                        max_order=5, seed=0)
     bed["out"] = str(d / "conditions")
     # the test manifest's paths are relative to its own folder (not the working directory)
-    bed["paths"] = write_conditions(bed["test_csv"], bed["out"], bed["noise_csv"], bed["room_bank"], bed["rir_csv"])
+    bed["paths"] = write_conditions(bed["test_csv"], bed["out"], bed["noise_csv"], bed["room_bank"], bed["rir_csv"],
+                                    dev_csv=bed["dev_csv"])
     return bed
 
 
 def test_manifests_and_pools(bed):
     rows = {name: read(p) for name, p in bed["paths"].items()}
-    assert set(rows) == {"clean", "noisy_sim", "rerecorded"}
+    assert set(rows) == {"clean", "noisy_sim", "rerecorded", "dev_noisy"}
     pools = split_noise_pool(read(bed["noise_csv"]))
     test_rooms = set(RoomBank(bed["room_bank"]).room_ids("test"))
     rir_ids = {r["ID"] for r in read(bed["rir_csv"])}
     for name, rs in rows.items():
-        assert list(rs[0]) == FIELDS and [r["ID"] for r in rs] == [f"u{i}" for i in range(5)]
+        ids = [f"d{i}" for i in range(5, 9)] if name == "dev_noisy" else [f"u{i}" for i in range(5)]
+        assert list(rs[0]) == FIELDS and [r["ID"] for r in rs] == ids
         for r in rs:
             clean = sf.read(os.path.join(bed["dir"], "speech", f"{r['ID']}.wav"))[0]
             audio = sf.read(r["wav"])[0]
@@ -73,6 +77,9 @@ def test_manifests_and_pools(bed):
             assert len(ids) == int(r["n_noises"]) == len(r["snrs"].split(";")) == len(r["noise_rirs"].split(";"))
             if name == "noisy_sim":
                 assert set(ids) <= set(pools["test"]) and r["room"] in test_rooms
+            elif name == "dev_noisy":  # the training pool and rooms: nothing a test condition holds out
+                assert set(ids) <= set(pools["train"]) and r["room"] in RoomBank(bed["room_bank"]).room_ids("train")
+                assert not {r["speech_rir"], *r["noise_rirs"].split(";")} & rir_ids
             else:
                 assert set(ids) <= set(pools["reserved"]) and r["playback"] == "simulated"
                 assert {r["speech_rir"], *r["noise_rirs"].split(";")} <= rir_ids

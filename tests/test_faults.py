@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from kd_brain.pipeline.atomic import is_temporary
-from tests.conftest import REPO, SHARED, load_recipe, need, overrides_argv, student_argv
+from tests.conftest import REPO, SHARED, load_recipe, need, overrides_argv, student_argv, tiny_noise
 
 SLOW_TRIALS = 10
 # the stage's own modules, imported once in the forkserver (set before it starts: at collection)
@@ -225,19 +225,9 @@ def corpus_stage(tmp):
     return "corpus", argv, {}, same, None
 
 
-def tiny_noise(tmp):
-    """A manifest of 8 of the real noise clips (3 music, 3 talk, 2 reserved): the conditions decode 4, not 72."""
-    from kd_brain.data.prepare import read_csv, write_csv
-
-    rows = read_csv(str(SHARED / "noise" / "noise.csv"))
-    keep = {"warzone2100": 3, "asterisk-en": 3, "fillets-en": 1, "singularity": 1}
-    rows = [r for r in rows if keep.get(r["source"], 0) > sum(x["source"] == r["source"] for x in rows[:rows.index(r)])]
-    write_csv(str(tmp / "noise.csv"), rows, list(rows[0]))
-    return [f"--noise_csv={tmp / 'noise.csv'}", f"--noise_root={SHARED}"]
-
-
 def prepare_stage(tmp, tiny_corpus):
-    """prepare.py on the tiny corpus: manifests, audio copies, tokenizer, room bank, three test conditions."""
+    """prepare.py on the tiny corpus: manifests, audio copies, tokenizer, room bank, the test conditions and
+    the noisy dev set."""
     noise = tiny_noise(tmp)
     argv = lambda d: [str(REPO / "hparams" / "teacher_bed.yaml"), str(REPO / "hparams" / "student.yaml"),  # noqa: E731
                       f"--corpus_dir={tiny_corpus}", f"--exp_folder={d}"] + overrides_argv() + noise

@@ -19,17 +19,20 @@ import pytest
 import torch
 
 from kd_brain.decode.lm import LexiconLMDecoder
-from tests.conftest import REPO, TINY_OVERRIDES, load_recipe, overrides_argv
+from kd_brain.results.selection import DEV_CONDITIONS, dev_score
+from tests.conftest import REPO, SHARED, TINY_OVERRIDES, load_recipe, need, overrides_argv, prepare_tiny
 
 SETTING = (1.5, 2.5)  # teacher_bed.yaml's lm_weight, word_score: the setting the table is decoded at
 
 
 @pytest.fixture(scope="module")
 def model(tiny_corpus, tmp_path_factory):
-    """A 1-epoch tiny teacher of this module's own (its weights get replaced): (exp, train argv, model file, bytes)."""
+    """A prepared tiny experiment and its 1-epoch teacher, of this module's own (its weights get replaced): (exp, train argv, model file, bytes)."""
     from speechbrain.utils.checkpoints import Checkpointer
 
+    need(SHARED.is_dir(), f"{SHARED} (real noise clips for dev_noisy) not found")
     exp = tmp_path_factory.mktemp("tune_exp")
+    prepare_tiny(exp, tiny_corpus)  # both dev conditions
     argv = [str(REPO / "hparams" / "teacher_bed.yaml"), f"--corpus_dir={tiny_corpus}", f"--exp_folder={exp}",
             "--noprogressbar"] + overrides_argv(number_of_epochs=1)
     load_recipe("train").main(argv)
@@ -64,8 +67,14 @@ def table_dev_wer(model, lm_calls):
     exp, argv, _, _ = model
     lm_calls.clear()
     load_recipe("train").main(argv)
-    errors = json.loads((exp / "scores.json").read_text())["teacher"]["dev"]["utt_errors"]["lm"]
-    return 100.0 * sum(e for e, _ in errors.values()) / sum(n for _, n in errors.values()), list(lm_calls)
+    scores = json.loads((exp / "scores.json").read_text())["teacher"]
+    wers = {}
+    for name in DEV_CONDITIONS:
+        if name in scores:
+            errors = scores[name]["utt_errors"]["lm"]
+            wers[name] = 100.0 * sum(e for e, _ in errors.values()) / sum(n for _, n in errors.values())
+    assert set(wers) == set(DEV_CONDITIONS), "the tiny experiment must have both dev conditions"
+    return dev_score(wers), list(lm_calls)
 
 
 def tune(model, lm_calls):
@@ -78,8 +87,9 @@ def tune(model, lm_calls):
 def assert_decodes_the_tables_dev_batches(model, tune_calls, table_calls):
     """Each of tune_lm's LM calls is one of the table's (dev comes first there, other conditions after), bit
     for bit: dev's padded batches of test_batch_size with their lengths, from the same checkpoint."""
-    n_dev = json.loads((model[0] / "scores.json").read_text())["teacher"]["dev"]["n_utts"]
-    assert len(tune_calls) == math.ceil(n_dev / TINY_OVERRIDES["test_batch_size"])
+    scores = json.loads((model[0] / "scores.json").read_text())["teacher"]
+    assert len(tune_calls) == sum(math.ceil(scores[c]["n_utts"] / TINY_OVERRIDES["test_batch_size"])
+                                  for c in DEV_CONDITIONS)
     for log_probs, lens in tune_calls:
         assert any(log_probs.shape == t.shape and torch.equal(log_probs, t) and torch.equal(lens, t_lens)
                    for t, t_lens in table_calls), f"an LM call evaluation never made: {tuple(log_probs.shape)}"

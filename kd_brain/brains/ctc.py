@@ -32,6 +32,8 @@ from kd_brain.pipeline.atomic import write_bytes, write_text
 from kd_brain.brains.ddp import (RankBatchSplitter, float32_outputs, global_mean, pad_to_global_length, rank,
                           rank_share, unwrapped)
 from kd_brain.data.tokenizer import BLANK_ID
+from kd_brain.kd.losses import frame_entropy
+from kd_brain.results.selection import dev_wer
 
 logger = logging.getLogger(__name__)
 
@@ -212,16 +214,18 @@ class CTCBrain(sb.Brain):
 
     checkpoint = None  # a speechbrain Checkpoint to evaluate instead of the one min_key/max_key picks
 
-    def __init__(self, *args, tokenizer=None, frozen_normalizer=False, **kwargs):
-        """SpeechBrain's arguments, the model's units (``tokenizer``: decoded words for dev WER) and
+    def __init__(self, *args, tokenizer=None, frozen_normalizer=False, dev_decoder=None, **kwargs):
+        """SpeechBrain's arguments, the model's units (``tokenizer``: decoded words for dev WER),
         whether training leaves the input statistics alone (``frozen_normalizer``: a model initialised
-        from another keeps that model's, :func:`kd_brain.pipeline.experiment.init_normalizer`).
+        from another keeps that model's, :func:`kd_brain.pipeline.experiment.init_normalizer`) and the
+        decoder that scores dev (``dev_decoder``: ``(log_probs, lens) -> word lists``, the results
+        table's; None: greedy).
 
         Objects built at run time (tokenizer, contaminator, searchers, decoders) are attributes
         set here, never entries written into ``hparams``: the config stays what the YAML built.
         """
         super().__init__(*args, **kwargs)
-        self.tokenizer, self.frozen_normalizer = tokenizer, frozen_normalizer
+        self.tokenizer, self.frozen_normalizer, self.dev_decoder = tokenizer, frozen_normalizer, dev_decoder
 
     def normalizer_epoch(self):
         """The epoch the normaliser is told: past its last update when it is frozen, so it never updates."""
@@ -278,9 +282,15 @@ class CTCBrain(sb.Brain):
         hyps = ctc_greedy_decode(log_probs, lens, blank_id=BLANK_ID)
         return [self.tokenizer.decode(h).split() for h in hyps]
 
+    def dev_words(self, log_probs, lens):
+        """Dev hypotheses: the dev decoder's words (greedy without one)."""
+        if self.dev_decoder is None:
+            return self.greedy_words(log_probs, lens)
+        return self.dev_decoder(log_probs, lens)
+
 
 class TeacherBrain(CTCBrain):
-    """CTC training on labelled clean speech; dev WER (greedy) selects checkpoints.
+    """CTC training on labelled clean speech; the mean dev WER (selection rule) selects checkpoints.
 
     With ``hparams.aux_ctc_weight`` w > 0 the loss is ``(1 - w) CTC(units) +
     w CTC(characters)`` on the model's auxiliary head (batches need
@@ -319,8 +329,10 @@ class TeacherBrain(CTCBrain):
             aux_loss = sb.nnet.losses.ctc_loss(predictions[2], aux_tokens, lens, aux_lens, blank_index=BLANK_ID)
             weight = self.hparams.aux_ctc_weight
             loss = (1 - weight) * loss + weight * aux_loss
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "entropy_weight", 0.0):  # a smooth teacher
+            loss = loss - self.hparams.entropy_weight * frame_entropy(log_probs, lens)
         if stage != sb.Stage.TRAIN:
-            self.wer_metric.append(batch.id, self.greedy_words(log_probs, lens), [w.split() for w in batch.wrd])
+            self.wer_metric.append(batch.id, self.dev_words(log_probs, lens), [w.split() for w in batch.wrd])
         return loss
 
     def on_fit_start(self):
@@ -363,7 +375,7 @@ class TeacherBrain(CTCBrain):
             self.train_loss = global_mean(stage_loss, self.device) if ddp else stage_loss
             return
         # under DDP the main process's dev WER, broadcast by _fit_valid
-        wer = self._valid_wer if self._valid_wer is not None else self.wer_metric.summarize("error_rate")
+        wer = self._valid_wer if self._valid_wer is not None else dev_wer(self.wer_metric)
         if stage == sb.Stage.VALID:
             elapsed = self.hparams.wall_clock.elapsed()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -403,7 +415,7 @@ class TeacherBrain(CTCBrain):
                     self.step += 1
                     avg = self.update_average(self.evaluate_batch(batch, stage=sb.Stage.VALID), avg)
             self.step = 0
-        return avg, self.wer_metric.summarize("error_rate")
+        return avg, dev_wer(self.wer_metric)
 
     def _append_curve(self, epoch, elapsed, valid_loss, wer):
         if not if_main_process():  # one curve, one row per epoch, whatever the number of ranks

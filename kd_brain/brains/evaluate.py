@@ -195,6 +195,14 @@ def headline_results(table):
     return out
 
 
+def headline_decoder(lm_decoder, beam_searcher):
+    """The headline decoder as ``(log_probs, lens) -> word lists``: ``lm_decoder`` when the config
+    has one, else the prefix beam search (what :func:`headline` reports)."""
+    if lm_decoder is not None:
+        return lm_decoder
+    return lambda log_probs, lens: [h[0].text.split() for h in beam_searcher(log_probs, lens)]
+
+
 def headline(scores):
     """The decoder whose WER represents a model: "lm" when it was run, else "beam"."""
     return "lm" if "lm" in scores else "beam"

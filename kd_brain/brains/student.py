@@ -104,17 +104,16 @@ class StudentBrain(TeacherBrain):
         self.contaminator, self.nbest_searcher = contaminator, nbest_searcher
 
     def input_signal(self, batch, stage):
-        if getattr(self.hparams, "contaminate", False):
+        # training audio is contaminated on the fly; dev's noisy condition is written by the prepare stage
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "contaminate", False):
             return batch.noisy_sig
         return batch.sig
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)
-        contaminator = self.contaminator
-        if contaminator is not None:
+        if self.contaminator is not None and stage == sb.Stage.TRAIN:
             # Workers are forked when the epoch's loader starts, after this: they see the epoch.
-            # Validation always hears the same noise (epoch -1), so dev WER is comparable across epochs.
-            contaminator.set_epoch(epoch if stage == sb.Stage.TRAIN else -1)
+            self.contaminator.set_epoch(epoch)
 
     def objective(self, predictions, batch, stage):
         if stage != sb.Stage.TRAIN:

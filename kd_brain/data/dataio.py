@@ -39,11 +39,13 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
 
     Arguments
     ---------
-    csv_path : str
+    csv_path : str or dict
         Manifest with at least ``ID, wav`` (and ``duration`` for sorting),
         checked before use (``kd_brain.data.validate.read_manifest``: encoding,
         columns, field counts, unique IDs, durations, non-empty ``wrd``); a
         fault is a CorpusError naming the file, line, column and utterance.
+        A dict ``{name: manifest}`` joins several (e.g. the dev conditions):
+        each utterance's ID becomes ``name/ID`` (see :func:`split_id`).
     tokenizer : kd_brain.data.tokenizer.Tokenizer, optional
         Needed for ``tokens``; left out for unlabelled manifests.
     sort_key : str, optional
@@ -62,7 +64,12 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
     >>> ds[0]["sig"].shape
     torch.Size([16000])
     """
-    ds = sb.dataio.dataset.DynamicItemDataset(validate.read_manifest(csv_path, ("ID", "wav")))
+    if isinstance(csv_path, dict):
+        data = {f"{name}/{utt}": row for name, path in csv_path.items()
+                for utt, row in validate.read_manifest(path, ("ID", "wav")).items()}
+    else:
+        data = validate.read_manifest(csv_path, ("ID", "wav"))
+    ds = sb.dataio.dataset.DynamicItemDataset(data)
     keys = ["id", "sig"]
 
     @sb.utils.data_pipeline.takes("id", "wav")
@@ -92,6 +99,19 @@ def make_dataset(csv_path, tokenizer=None, sort_key=None, aux_tokenizer=None):
     if sort_key and sort_key in first:  # e.g. an extra test manifest may have no duration column
         ds = ds.filtered_sorted(sort_key=sort_key)
     return ds
+
+
+def split_id(utt_id):
+    """``(set name, utterance ID)`` of an ID of a joined dataset (``make_dataset({name: csv})``);
+    ``(None, ID)`` for a plain one.
+
+    Example
+    -------
+    >>> split_id("dev_noisy/spk1_003"), split_id("spk1_003")
+    (('dev_noisy', 'spk1_003'), (None, 'spk1_003'))
+    """
+    name, sep, utt = utt_id.partition("/")
+    return (name, utt) if sep else (None, utt_id)
 
 
 def make_student_dataset(manifests, tokenizer, contaminator=None, store=None, nbest=False, labelled_only=False):

@@ -41,6 +41,22 @@ def length_mask(lens, max_len):
     return torch.arange(max_len, device=lens.device)[None, :] < abs_len[:, None]
 
 
+def frame_entropy(log_probs, lens):
+    """Mean entropy (nats) of the valid frames' posteriors: subtracted, times ``entropy_weight``, from a
+    teacher's CTC loss it is a confidence penalty (Pereyra et al. 2017; for CTC, Liu et al. 2018), which
+    keeps the posteriors from collapsing onto one unit per frame.
+
+    Example
+    -------
+    >>> lp = torch.log(torch.tensor([[[0.5, 0.5], [1.0, 1e-9], [0.5, 0.5]]]))
+    >>> round(float(frame_entropy(lp, torch.tensor([2 / 3]))), 4)  # ln 2 and 0 over two frames
+    0.3466
+    """
+    mask = length_mask(lens, log_probs.shape[1])
+    ent = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return (ent * mask).sum() / mask.sum().clamp_min(1)
+
+
 class FrameKD(torch.nn.Module):
     """Frame-level KL(teacher target || student) at temperature T (see the module docstring).
 

@@ -1,4 +1,5 @@
-"""The three test conditions, written once (seeded) so that every model is scored on the same audio.
+"""The three test conditions and the noisy dev set, written once (seeded) so that every model is scored
+on the same audio.
 
 * ``clean``: the test manifest's audio as is (the manifest points at the prepared WAVs).
 * ``noisy_sim``: the training contamination procedure, but with the held-out noise pool
@@ -12,6 +13,9 @@
   Its manifest says ``playback=simulated``. Given ``recorded_csv`` (a manifest of real
   re-recordings, e.g. VOiCES, with the test manifest's columns), that manifest is checked and
   used instead, with ``playback=real``.
+* ``dev_noisy`` (given ``dev_csv``): the dev speakers through the *training* procedure, its noise
+  pool and its rooms, one fixed draw. It mirrors ``noisy_sim`` for decisions on dev, and shares
+  none of the test conditions' held-out clips, reserved sources or measured rooms.
 
 Each condition gets ``<out_dir>/<condition>.csv`` with the test columns (``ID, duration, wav,
 spk_id, wrd``) plus what was mixed (``seed, n_noises, noise_ids, noise_offsets, snrs, room,
@@ -40,6 +44,7 @@ from kd_brain.noise.rooms import MeasuredRIRs
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("clean", "noisy_sim", "rerecorded")
+DEV_NOISY = "dev_noisy"
 TEST_FIELDS = ["ID", "duration", "wav", "spk_id", "wrd"]
 MIX_FIELDS = ["seed", "n_noises", "noise_ids", "noise_offsets", "snrs", "room", "speech_rir", "noise_rirs"]
 FIELDS = TEST_FIELDS + ["condition", "playback"] + MIX_FIELDS
@@ -134,6 +139,18 @@ def _render_condition(name, rows, contaminator, out_dir, base_seed):
     return out
 
 
+def _source_rows(path):
+    """A test or dev manifest's rows, test columns only, audio paths resolved."""
+    rows = read_csv(path)
+    missing = set(TEST_FIELDS) - set(rows[0] if rows else {})
+    if missing:
+        raise ConditionError(f"{path}: missing columns {sorted(missing)} (or no rows)")
+    rows = [{k: r[k] for k in TEST_FIELDS} for r in rows]
+    for r in rows:
+        r["wav"] = _resolve(r["wav"], path)
+    return rows
+
+
 def _recorded_rows(recorded_csv, test_ids):
     """Rows of a manifest of real re-recordings, checked (readable 16-bit-able mono audio, known IDs)."""
     rows = read_csv(recorded_csv)
@@ -170,6 +187,7 @@ def write_conditions(
     microphone=dict(highpass_hz=60.0, lowpass_hz=7500.0, drive=0.0),
     recorded_csv=None,
     cache_dir=None,
+    dev_csv=None,
 ):
     """Writes the test conditions (see the module docstring); returns ``{condition: csv path}``.
 
@@ -203,6 +221,8 @@ def write_conditions(
         A manifest of real re-recordings to use for ``rerecorded`` instead of simulation.
     cache_dir : str or None
         Decoded-noise cache (see ``NoisePool``).
+    dev_csv : str or None
+        Dev manifest: also writes ``dev_noisy`` (training pool and rooms).
 
     Returns
     -------
@@ -216,20 +236,17 @@ def write_conditions(
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
         raise ConditionError(f"conditions {sorted(unknown)}: must be among {CONDITIONS}")
-    rows = read_csv(test_csv)
-    missing = set(TEST_FIELDS) - set(rows[0] if rows else {})
-    if missing:
-        raise ConditionError(f"{test_csv}: missing columns {sorted(missing)} (or no rows)")
-    rows = [{k: r[k] for k in TEST_FIELDS} for r in rows]
-    for r in rows:
-        r["wav"] = _resolve(r["wav"], test_csv)
+    rows = _source_rows(test_csv)
+    sources = {name: rows for name in conditions}
+    if dev_csv is not None:
+        conditions, sources[DEV_NOISY] = [*conditions, DEV_NOISY], _source_rows(dev_csv)
     mix = dict(n_noise_probs=list(n_noise_probs), snr_range=list(snr_range), reverb_speech=reverb_speech)
     split = dict(test_fraction=test_fraction, split_seed=split_seed, reserved_sources=list(reserved_sources),
                  noise_root=noise_root, cache_dir=cache_dir)
-    options = dict(test_csv=os.path.abspath(test_csv), noise_csv=os.path.abspath(noise_csv), seed=seed,
-                   ids_hash=options_hash([r["ID"] for r in rows]), **mix, **split)
+    options = dict(noise_csv=os.path.abspath(noise_csv), seed=seed, **mix, **split)
     cond_options = dict(
         clean={},
+        dev_noisy=dict(room_bank=os.path.abspath(room_bank)),
         noisy_sim=dict(room_bank=os.path.abspath(room_bank)),
         rerecorded=dict(rir_csv=os.path.abspath(rir_csv), rir_root=rir_root, rir_rooms=rir_rooms,
                         speaker=speaker, microphone=microphone,
@@ -237,7 +254,9 @@ def write_conditions(
     )
     paths = {}
     for name in conditions:
-        opts = {**options, **cond_options[name], "condition": name}
+        source = dev_csv if name == DEV_NOISY else test_csv
+        opts = {**options, **cond_options[name], "condition": name, "test_csv": os.path.abspath(source),
+                "ids_hash": options_hash([r["ID"] for r in sources[name]])}
         paths[name] = csv_path = os.path.join(out_dir, f"{name}.csv")
         done_file = os.path.join(out_dir, f"{name}.done.json")
         if os.path.isfile(done_file) and os.path.isfile(csv_path):
@@ -252,14 +271,15 @@ def write_conditions(
         elif name == "rerecorded" and recorded_csv is not None:
             out = _recorded_rows(recorded_csv, {r["ID"] for r in rows})
         else:
-            if name == "noisy_sim":
-                contaminator = Contaminator.from_files(noise_csv, room_bank, pool="test", seed=cseed, **mix, **split)
+            if name in ("noisy_sim", DEV_NOISY):  # held-out clips and rooms; dev: the training ones
+                pool = "test" if name == "noisy_sim" else "train"
+                contaminator = Contaminator.from_files(noise_csv, room_bank, pool=pool, seed=cseed, **mix, **split)
             else:
                 rooms = MeasuredRIRs(rir_csv, rir_root, rooms=rir_rooms)
                 contaminator = Contaminator.from_files(
                     noise_csv, rooms, pool="reserved", seed=cseed, source_transform=PlaybackChain(**speaker),
                     output_transform=PlaybackChain(**microphone), **mix, **split)
-            out = _render_condition(name, rows, contaminator, out_dir, cseed)
+            out = _render_condition(name, sources[name], contaminator, out_dir, cseed)
         write_csv(csv_path, out, FIELDS)
         write_json(done_file, opts, indent=1)  # atomic: a half-written one would stop every rerun
     return paths

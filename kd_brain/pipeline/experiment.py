@@ -15,10 +15,10 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import run_on_main
 
 from kd_brain.brains.ddp import world_size
-from kd_brain.data.dataio import contaminator_item, make_dataset, make_student_dataset
+from kd_brain.data.dataio import make_dataset, make_student_dataset
 from kd_brain.data.prepare import prepare_corpus
 from kd_brain.data.tokenizer import Tokenizer, tokenizer_dir, train_tokenizer
-from kd_brain.noise.conditions import CONDITIONS
+from kd_brain.noise.conditions import CONDITIONS, DEV_NOISY
 from kd_brain.pipeline.fingerprint import check_labels
 from kd_brain.pipeline.modeldir import (best_checkpoint, load_normalization, load_tokenizer, origin_config,
                                      split_manifest)
@@ -157,38 +157,40 @@ def student_data(hp, tokenizer, data_folder):
     # never trained on placeholder targets
     train = make_student_dataset(manifests, tokenizer, contaminator, store, nbest=criterion == "sequence",
                                  labelled_only=criterion in TRANSCRIPT_CRITERIA)
-    valid = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
-    if contaminator is not None:  # dev hears the training noise pool, one fixed draw (epoch -1)
-        valid.add_dynamic_item(contaminator_item(contaminator))
-        valid.set_output_keys(["id", "sig", "noisy_sig", "wrd", "tokens"])
-    return train, valid, contaminator
+    return train, dev_set(hp, tokenizer, data_folder), contaminator
 
 
 def _warm_noise_cache(factory):
     factory()  # builds a contaminator (decoding clips into the cache); it is not sent to the other ranks
 
 
+def dev_manifests(hp, data_folder):
+    """``{dev condition: manifest}``: clean dev and, once the prepare stage wrote it, ``dev_noisy``
+    (:mod:`kd_brain.noise.conditions`); the conditions of the selection rule
+    (:mod:`kd_brain.results.selection`)."""
+    paths = {"dev": os.path.join(data_folder, "dev.csv")}
+    noisy = os.path.join(hp["prep_folder"], "conditions", f"{DEV_NOISY}.csv")
+    if os.path.isfile(noisy):
+        paths[DEV_NOISY] = noisy
+    else:
+        logger.warning("%s not found (written by the prepare stage): checkpoints are selected on clean dev only",
+                       noisy)
+    return paths
+
+
+def dev_set(hp, tokenizer, data_folder):
+    """The validation set: every dev condition in one dataset, IDs ``condition/utt``, so that
+    dev WER (:func:`kd_brain.results.selection.dev_wer`) is the mean over the conditions."""
+    return make_dataset(dev_manifests(hp, data_folder), tokenizer, sort_key="duration")
+
+
 def condition_sets(hp, tokenizer, data_folder):
-    """Named test sets: dev (and, for a config trained on noise, ``dev_noisy``: :func:`noisy_dev`),
-    clean and the noisy conditions that exist, then ``extra_test``."""
-    paths = {"dev": os.path.join(data_folder, "dev.csv"), "clean": os.path.join(data_folder, "test_clean.csv")}
+    """Named test sets: the dev conditions, clean and the noisy test conditions that exist, then
+    ``extra_test``."""
+    paths = {**dev_manifests(hp, data_folder), "clean": os.path.join(data_folder, "test_clean.csv")}
     for name in CONDITIONS:  # written by the prepare stage (its clean.csv adds the audit columns)
         path = os.path.join(hp["prep_folder"], "conditions", f"{name}.csv")
         if os.path.isfile(path):
             paths[name] = path
     paths.update(hp["extra_test"] or {})
-    sets = {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}
-    if hp.get("contaminate"):  # a model trained on noise is also scored on the noisy dev that selected it
-        sets = {"dev": sets.pop("dev"), "dev_noisy": noisy_dev(hp, tokenizer, data_folder), **sets}
-    return sets
-
-
-def noisy_dev(hp, tokenizer, data_folder):
-    """Dev through the config's training noise and rooms at the fixed draw of validation (epoch -1):
-    the set that selects a noise-trained model's checkpoints, as a test set (``sig`` is the noisy audio)."""
-    contaminator = hp["contaminator"]()
-    contaminator.set_epoch(-1)
-    ds = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
-    ds.add_dynamic_item(contaminator_item(contaminator))
-    ds.set_output_keys({"id": "id", "sig": "noisy_sig", "wrd": "wrd", "tokens": "tokens"})
-    return ds
+    return {name: make_dataset(p, tokenizer, sort_key="duration") for name, p in paths.items()}

@@ -5,13 +5,15 @@
     python recipes/KD-Noise/run.py --ablation all                # every grid
     python recipes/KD-Noise/run.py --ablation k --scale main     # the main job's epochs
     python recipes/KD-Noise/run.py --ablation headline --scale main   # one row of each finding
+    python recipes/KD-Noise/run.py --ablation smooth             # k and T grids from a smooth teacher
 
 Each row is a student trained with the main job's teacher, test conditions and
 soft-label store; only what the row varies is an override. A row is a stage
 (``<exp>/stages/<model>.done``: printed before it runs, skipped when done from the same inputs), so
 a grid resumes after an interruption and rows shared by grids train once.
-Settings are chosen on dev only (the temperature grid runs at the k with the
-lowest dev WER). ``report.md`` in the experiment gathers the tables, plots and
+Settings are chosen on dev only, by the selection rule (the mean WER over the dev
+conditions, :mod:`kd_brain.results.selection`; the temperature grid runs at the
+k it chooses). ``report.md`` in the experiment gathers the tables, plots and
 commands (:func:`kd_brain.pipeline.summary.write_report`).
 
 Scales: ``ablation`` (default) trains each row for 2 epochs instead of the
@@ -31,6 +33,7 @@ K_GRID = [1, 5, 10, 20, 40]
 T_GRID = [1.0, 2.0, 4.0]
 SIDE_T = "[1.0,2.0,4.0]"
 MAIN_FRACTION, LABELLED = 0.8, 0.1  # teacher.yaml's labelled share; the paper's (800 h of 8,000 h)
+SMOOTH_WEIGHT = 0.2  # the smooth teacher's confidence penalty (EnCTC's weight, Liu et al. 2018)
 
 
 class Row:
@@ -129,7 +132,9 @@ class Grid:
                 "blank_weight", tuple(w for w in (1.0, 0.5, 0.0) if w != w0), lambda w: f"blank{w:g}", blank_label)
         if grid == "clean_share":
             return [Row("all noisy (the paper)", b.model, b.stages)] + self.one_key_rows(
-                "clean_share", (0.2, 0.5), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
+                "clean_share", (0.1, 0.2, 0.3), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
+        if grid == "smooth":
+            return self.smooth_rows()
         if grid == "normalizer":  # the initialised student's input statistics: the teacher's, or its own
             return [Row("teacher's statistics, frozen (the default)", b.model, b.stages)] + self.one_key_rows(
                 "init_normalizer", ("reestimate",), lambda v: "norm_reestimate",
@@ -148,6 +153,25 @@ class Grid:
         if grid == "labelled_fraction":
             return [Row(f"{MAIN_FRACTION:.0%} labelled (the main job)", b.model, b.stages)] + self.fraction_rows()
         raise ValueError(f"--ablation {grid}: choose one of {GRIDS} or all")
+
+    def smooth_rows(self):
+        """A teacher trained with a confidence penalty (``entropy_weight``: its posteriors not peaky), then the
+        k grid (1, 5, 20, all) at T = 2 and the T grid (1, 2, 4) at k = 20 of students distilled from it."""
+        t_dir = f"{self.exp}/teacher_smooth"
+        teacher = ("teacher_smooth", merge(self.main["teacher"], ["--model_name=teacher_smooth",
+                                                                   f"--entropy_weight={SMOOTH_WEIGHT}"]))
+        folders = {"topk": ("softlabels_smooth", []), "all": ("softlabels_smooth_all", [f"--k={self.vocab}"])}
+        b = self.base()
+        rows = [Row(f"the default teacher, k=20, T=2 ({b.model})", b.model, b.stages),
+                Row(f"smooth teacher (entropy_weight={SMOOTH_WEIGHT:g})", "teacher_smooth", [teacher])]
+        for k, t in [(1, 2.0), (5, 2.0), (20, 2.0), ("all", 2.0), (20, 1.0), (20, 4.0)]:
+            folder, extra = folders["all" if k == "all" else "topk"]
+            store = self.extract(folder, f"--teacher_dir={t_dir}", *extra)
+            model, stage = self.train(f"smooth_k{k}" + ("" if t == 2.0 else f"_T{t:g}"), f"--teacher_dir={t_dir}",
+                                      "--init_from=teacher_smooth", f"--store_dir={self.exp}/{folder}",
+                                      f"--k={self.vocab if k == 'all' else k}", f"--temperature={t}")
+            rows.append(Row(f"from the smooth teacher, k={k}, T={t:g}", model, [teacher, store, stage]))
+        return rows
 
     def fraction_rows(self):
         """The paper's 1 : 9 split: a new teacher on 10% of the training speakers (same corpus and
@@ -209,7 +233,7 @@ def blank_label(w):
 
 # headline: k = all, T = 1, the other blank weight and 20% clean against the base (also run at the main scale)
 GRIDS = ["k", "temperature", "criterion", "label_source", "target", "blank", "clean_share", "normalizer", "init",
-         "labelled_fraction", "headline"]
+         "labelled_fraction", "headline", "smooth"]
 
 
 def run_rows(root, exp, rows, extra, main=()):

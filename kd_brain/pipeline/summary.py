@@ -17,12 +17,13 @@ from kd_brain.results.ablation import ablation_table
 from kd_brain.results.breakdown import wer_interval, write_breakdown
 from kd_brain.results.plots import sweep_chart
 from kd_brain.results.report import MODELS, bar_chart, load_results, paper_table
+from kd_brain.results.selection import DEV_CONDITIONS
 
 
 def write_paper_table(root, exp, runs, order):
     """Prints and writes the paper's table (mean ± std over seed runs, bootstrap intervals) and its chart."""
     results = [load_results(os.path.join(root, r)) for r in runs if os.path.isfile(os.path.join(root, r, "results.json"))]
-    conds = [c for c in CONDITIONS if any(c in m for r in results for m in r["wer"].values())]
+    conds = [c for c in DEV_CONDITIONS + CONDITIONS if any(c in m for r in results for m in r["wer"].values())]
     table, summary = paper_table(results, MODELS, conds)
     logs = {r: stage_log(root, r, order) for r in runs}
     lines = ["\nStage wall times (s), commands and commits:"]
@@ -65,7 +66,7 @@ def sweep_rows(results, rows, values):
         errs = results.get("utt_errors", {}).get(row.model)
         if not errs:
             continue
-        wer = {c: results["wer"][row.model][c] for c in CONDITIONS if c in results["wer"][row.model]}
+        wer = {c: results["wer"][row.model][c] for c in DEV_CONDITIONS + CONDITIONS if c in results["wer"][row.model]}
         out.append({"value": value, "wer": wer,
                     "interval": {c: list(wer_interval(errs[c].values())) for c in wer if c in errs}})
     return out

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from kd_brain.results.bootstrap import compare, pooled_counts, verdict
+from kd_brain.results.selection import DEV_CONDITIONS
 
 # The paper table's rows, in print order: the teachers, the two baselines, the students
 MODELS = ("teacher", "teacher_seq", "multicondition", "pseudo_label", "student", "student_seq")
@@ -119,11 +120,12 @@ def paper_table(runs, models, conditions, references=("teacher_seq", "teacher"),
     if tuple(headline) in comps:
         m, ref = headline
         cells = comps[(m, ref)]
-        block = [interval_cell(cells[c]["block"]) if "block" in cells.get(c, {}) else "-" for c in conditions]
+        tests = [c for c in conditions if c not in DEV_CONDITIONS]  # dev decides; the verdict is on test
+        block = [interval_cell(cells[c]["block"]) if "block" in cells.get(c, {}) else "-" for c in tests]
         lines.append(f"\n{m} vs {ref}, resampling whole speakers (block bootstrap): " + "; ".join(
-            f"{c} {b}" for c, b in zip(conditions, block)))
+            f"{c} {b}" for c, b in zip(tests, block)))
         lines.append(f"Verdict, {m} vs {ref}: " + "; ".join(
-            f"{c}: {verdict(cells[c])}" for c in conditions if c in cells) + ".")
+            f"{c}: {verdict(cells[c])}" for c in tests if c in cells) + ".")
     pooled = f" (errors pooled over {len(runs)} seeds)" if len(runs) > 1 else ""
     lines.append(f"Changes: relative WER change, 95% paired-bootstrap interval over test utterances{pooled}, "
                  "P = probability of improvement.")
@@ -186,7 +188,7 @@ def curve_chart(curves, path, x="elapsed_s", y="dev_wer"):
     for label, rows in curves.items():
         ax.plot([r[x] / (60 if x == "elapsed_s" else 1) for r in rows], [r[y] for r in rows], marker=".", label=label)
     ax.set_xlabel("training wall time (min)" if x == "elapsed_s" else x)
-    ax.set_ylabel("dev WER (%, greedy)" if y == "dev_wer" else y)
+    ax.set_ylabel("mean dev WER (%, headline decoder)" if y == "dev_wer" else y)
     ax.set_ylim(0, min(110, max(r[y] for rows in curves.values() for r in rows) + 5))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prepare stage: manifests, tokenizer, room bank and the fixed test conditions.
+"""Prepare stage: manifests, tokenizer, room bank, the fixed test conditions and the noisy dev set.
 
     python recipes/KD-Noise/prepare.py hparams/teacher.yaml hparams/student.yaml [--key=value ...]
 
@@ -47,7 +47,8 @@ def main(argv):
         mix["noise_csv"], rooms, shp["rir_csv"], noise_root=mix["noise_root"], conditions=conditions,
         seed=shp["seed"], test_fraction=mix["test_fraction"], split_seed=mix["split_seed"],
         reserved_sources=mix["reserved_sources"], n_noise_probs=mix["n_noise_probs"],
-        snr_range=mix["snr_range"], cache_dir=mix["cache_dir"], recorded_csv=recorded)
+        snr_range=mix["snr_range"], cache_dir=mix["cache_dir"], recorded_csv=recorded,
+        dev_csv=os.path.join(thp["data_folder"], "dev.csv"))
     for name, path in paths.items():
         print(f"prepare: condition {name}: {path}")
 

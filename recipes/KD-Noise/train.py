@@ -36,11 +36,11 @@ from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
 
 from kd_brain.brains.ctc import TeacherBrain
 from kd_brain.brains.ddp import RankBatchSplitter, default_backend, rank, world_size
-from kd_brain.brains.evaluate import EvalBrain, evaluate_conditions, update_results
+from kd_brain.brains.evaluate import EvalBrain, evaluate_conditions, headline_decoder, update_results
 from kd_brain.brains.student import StudentBrain
 from kd_brain.data.dataio import make_dataset
-from kd_brain.pipeline.experiment import (condition_sets, freeze_unused_aux_head, init_from, normalizer_frozen,
-                                          prepare, student_data, trains_aux)
+from kd_brain.pipeline.experiment import (condition_sets, dev_set, freeze_unused_aux_head, init_from,
+                                          normalizer_frozen, prepare, student_data, trains_aux)
 from kd_brain.pipeline.lock import releases_locks, take_lock
 from kd_brain.pipeline.modeldir import lm_decoder, lm_settings, load_tokenizer, nbest_searcher, origin_config
 
@@ -70,8 +70,7 @@ def teacher_setup(hp):
     init_from(hp, tokenizer)
     train_set = make_dataset(os.path.join(data_folder, "labelled.csv"), tokenizer,
                              aux_tokenizer=aux_tokenizer if trains_aux(hp) else None)
-    valid_set = make_dataset(os.path.join(data_folder, "dev.csv"), tokenizer, sort_key="duration")
-    return data_folder, tokenizer, lm, train_set, valid_set, {}
+    return data_folder, tokenizer, lm, train_set, dev_set(hp, tokenizer, data_folder), {}
 
 
 @releases_locks
@@ -93,18 +92,20 @@ def main(argv):
     if world_size() > 1:  # the 1-process batches, each split across the ranks
         sampler = RankBatchSplitter(sampler, rank(), world_size())
     freeze_unused_aux_head(hp)  # before the Brain: DDP registers the trainable parameters
+    # the selection rule (kd_brain.results.selection): checkpoints by the mean dev WER, table's decoder
+    beam = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(), beam_size=hp["beam_size"])
+    decoder = lm_decoder(lm, data_folder, tokenizer)
     brain_class = StudentBrain if is_student else TeacherBrain
     brain = brain_class(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp, run_opts=run_opts,
-                        checkpointer=hp["checkpointer"], tokenizer=tokenizer,
-                        frozen_normalizer=normalizer_frozen(hp), **extra)
+                        checkpointer=hp["checkpointer"], tokenizer=tokenizer, frozen_normalizer=normalizer_frozen(hp),
+                        dev_decoder=headline_decoder(decoder, beam), **extra)
     brain.train_sampler = sampler  # so fit() calls set_epoch: a new batch order every epoch
     brain.fit(hp["epoch_counter"], train_set, valid_set,
               train_loader_kwargs={"batch_sampler": sampler, "num_workers": hp["num_workers"]},
               valid_loader_kwargs={"batch_size": hp["test_batch_size"]})
 
-    beam = CTCPrefixBeamSearcher(blank_index=0, vocab_list=tokenizer.vocab_list(), beam_size=hp["beam_size"])
     evaluator = EvalBrain(modules=hp["modules"], hparams=hp, run_opts=run_opts, checkpointer=hp["checkpointer"],
-                          tokenizer=tokenizer, beam_searcher=beam, lm_decoder=lm_decoder(lm, data_folder, tokenizer))
+                          tokenizer=tokenizer, beam_searcher=beam, lm_decoder=decoder)
     scores = evaluate_conditions(evaluator, condition_sets(hp, tokenizer, data_folder),
                                  loader_kwargs={"batch_size": hp["test_batch_size"]})
     if sb.utils.distributed.if_main_process():

@@ -7,17 +7,17 @@
 ``--key=value`` changes one of the model's other decoding keys (lm_units,
 lm_order, lm_blank_penalty, lm_beam_size, lm_token_beam) for the whole grid.
 
-Runs the model's best checkpoint once over the dev set of its data folder,
-exactly as evaluation does (``EvalBrain`` through ``evaluate_conditions``:
-the same dev set, batches of ``test_batch_size`` sorted by duration, padding
-and ``compute_forward``), then decodes those batches with the model's own LM
-search at each ``lm_weight,word_score`` and prints the dev WER: at the model's
-own setting it is the results table's dev ``lm`` WER. The log-probs are cached
-in ``<model>/dev_logprobs.<hash>.pt``, ``<hash>`` the checkpoint's model file
-(``kd_brain.brains.extract.file_hash``), so a retrained model is never tuned on
-an earlier checkpoint's outputs; caches of other checkpoints are deleted when a
-new one is written. The pass runs on the CPU, like ``train.py`` without
-``--device`` (a table made on a GPU may differ in the last digits).
+Runs the model's best checkpoint once over the dev conditions (clean ``dev``
+and ``dev_noisy``), exactly as evaluation does (``EvalBrain`` through
+``evaluate_conditions``: the same sets, batches of ``test_batch_size`` sorted
+by duration, padding and ``compute_forward``), then decodes those batches with
+the model's own LM search at each ``lm_weight,word_score`` and prints the
+selection WER (the mean over the dev conditions, :mod:`kd_brain.results.selection`)
+and each condition's: at the model's own setting they are the results table's
+dev ``lm`` WERs. The log-probs are cached by checkpoint
+(``kd_brain.brains.dev_pass``), so a retrained model is never tuned on an
+earlier checkpoint's outputs. The pass runs on the CPU, like ``train.py``
+without ``--device`` (a table made on a GPU may differ in the last digits).
 
 In the default teacher config the search is the sub-word 6-gram without a
 lexicon (``lm_units: piece``), where word_score is unused; ``--lm_units=word``
@@ -25,48 +25,21 @@ tunes the word n-gram with its lexicon. Dev only, by design: tuning on a test
 condition is not offered.
 """
 
-import glob
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from kd_brain.brains.evaluate import LogProbsBrain, decoder_stats, evaluate_conditions  # noqa: E402
-from kd_brain.brains.extract import file_hash  # noqa: E402
-from kd_brain.pipeline.atomic import atomic_path, is_temporary  # noqa: E402
-from kd_brain.pipeline.experiment import condition_sets  # noqa: E402
+from kd_brain.brains.dev_pass import dev_batches  # noqa: E402
+from kd_brain.brains.evaluate import decoder_stats  # noqa: E402
 from kd_brain.pipeline.modeldir import lm_decoder, lm_settings, load_label_source  # noqa: E402
+from kd_brain.results.selection import dev_score  # noqa: E402
 
 
-def cache_path(model_dir, checkpoint):
-    """``<model>/dev_logprobs.<hash>.pt``: named by the checkpoint's model file, so no other checkpoint reads it."""
-    return os.path.join(model_dir, f"dev_logprobs.{file_hash(checkpoint.paramfiles['model'])}.pt")
-
-
-def dev_batches(model_dir, source):
-    """Evaluation's dev batches ``(ids, transcripts, log-probs, lengths)`` of the best checkpoint, cached.
-
-    ``source`` is the folder's ``load_label_source`` (model config, origin config, best checkpoint, tokenizer).
-    """
-    cfg, origin, best, tokenizer = source
-    cache = cache_path(model_dir, best)
-    if os.path.isfile(cache):
-        return torch.load(cache, weights_only=True)
-    # train.py's evaluation, decoders left out: the table's dev set, loader, checkpoint and forward
-    brain = LogProbsBrain(modules=cfg["modules"], hparams=cfg, run_opts={"noprogressbar": True},
-                          checkpointer=cfg["checkpointer"], tokenizer=tokenizer)
-    brain.checkpoint = best  # the one the cache is named after (evaluation's min_key="WER" picks it too)
-    dev = condition_sets(cfg, tokenizer, origin["data_folder"])["dev"]
-    batches = evaluate_conditions(brain, {"dev": dev}, loader_kwargs={"batch_size": cfg["test_batch_size"]})
-    batches = batches["dev"]["batches"]
-    with atomic_path(cache) as tmp:
-        torch.save(batches, tmp)
-    for old in glob.glob(os.path.join(model_dir, "dev_logprobs*.pt")):  # other checkpoints' (and unkeyed) caches
-        if old != cache and not is_temporary(os.path.basename(old)):
-            os.remove(old)
-    return batches
+def selection_wer(decoder, batches):
+    """``(the selection WER, {dev condition: WER})`` of ``decoder`` over :func:`dev_batches`."""
+    wers = {name: decoder_stats(decoder, b).summarize("error_rate") for name, b in batches.items()}
+    return dev_score(wers), wers
 
 
 def main(argv=None):
@@ -89,10 +62,10 @@ def main(argv=None):
         # the model's own decoder (LM and lexicon built once, skipped after) with two settings changed
         decoder = lm_decoder({**lm, "lm_weight": lm_weight, "word_score": word_score}, origin["data_folder"],
                              tokenizer)
-        results[(lm_weight, word_score)] = decoder_stats(decoder, dev).summarize("error_rate")
+        results[(lm_weight, word_score)], wers = selection_wer(decoder, dev)
         print(f"{' '.join(f'--{k}={v}' for k, v in overrides.items())} "
-              f"lm_weight={lm_weight} word_score={word_score}: dev WER {results[(lm_weight, word_score)]:.2f}",
-              flush=True)
+              f"lm_weight={lm_weight} word_score={word_score}: mean dev WER {results[(lm_weight, word_score)]:.2f} "
+              f"({', '.join(f'{n} {w:.2f}' for n, w in wers.items())})", flush=True)
     return results
 
 
