@@ -86,3 +86,33 @@ def test_pooled_over_seeds_and_table_with_mean_and_std():
     change = summary["changes"]["student vs teacher_seq"]["clean"]
     assert change["n"] == 300 and "block" in change and "resampling whole speakers" in md
     assert f"Verdict, student vs teacher_seq: clean: {verdict(change)}." in md
+
+
+def test_the_target_is_checked_against_the_better_teacher_and_both_baselines():
+    """student_seq must beat, per condition, whichever teacher is better there; the student must beat both
+    baselines on noise and be no worse on clean speech. Errors per utterance are drawn so that each claim's
+    outcome is known."""
+    rng = np.random.default_rng(0)
+    utts = [f"u{i}" for i in range(200)]
+    rate = {"teacher": {"clean": 0.20, "noisy_sim": 0.9}, "teacher_seq": {"clean": 0.15, "noisy_sim": 0.95},
+            "multicondition": {"clean": 0.20, "noisy_sim": 0.45}, "pseudo_label": {"clean": 0.30, "noisy_sim": 0.50},
+            "student": {"clean": 0.30, "noisy_sim": 0.35}, "student_seq": {"clean": 0.10, "noisy_sim": 0.30}}
+    run = {"wer": {}, "utt_errors": {}, "speakers": {}}
+    for m, conds in rate.items():
+        for c, p in conds.items():
+            errs = {u: [int(rng.binomial(20, p)), 20] for u in utts}
+            run["utt_errors"].setdefault(m, {})[c] = errs
+            run["wer"].setdefault(m, {})[c] = 100 * sum(e for e, _ in errs.values()) / (20 * len(utts))
+            run["speakers"][c] = {u: f"s{i % 10}" for i, u in enumerate(utts)}
+    md, _ = paper_table([run], list(rate), ["dev", "clean", "noisy_sim"])
+    lines = {line.split(":")[0]: line for line in md.splitlines() if line.startswith("| student")}
+    seq = lines["| student_seq vs teacher / teacher_seq"]
+    # clean against teacher_seq (the better there), noisy_sim against teacher
+    assert "vs teacher_seq met" in seq.split("|")[2] and "vs teacher met" in seq.split("|")[3]
+    assert seq.endswith("| **met** |")
+    # the student is better on noise than both baselines; on clean it is worse than multicondition (not met)
+    # and level with pseudo_label (met)
+    assert lines["| student vs multicondition"].endswith("| **not met** |")
+    assert "NOT met" in lines["| student vs multicondition"].split("|")[2]
+    assert lines["| student vs pseudo_label"].endswith("| **met** |")
+    assert "| target | clean | noisy_sim | |" in md  # decisions on dev, claims on test conditions only

@@ -126,10 +126,60 @@ def paper_table(runs, models, conditions, references=("teacher_seq", "teacher"),
             f"{c} {b}" for c, b in zip(tests, block)))
         lines.append(f"Verdict, {m} vs {ref}: " + "; ".join(
             f"{c}: {verdict(cells[c])}" for c in tests if c in cells) + ".")
+    lines += claims_table(runs, [c for c in conditions if c not in DEV_CONDITIONS])
     pooled = f" (errors pooled over {len(runs)} seeds)" if len(runs) > 1 else ""
     lines.append(f"Changes: relative WER change, 95% paired-bootstrap interval over test utterances{pooled}, "
                  "P = probability of improvement.")
     return "\n".join(lines) + "\n", summary
+
+
+# The target: the paper's claim (the sequence-trained student beats the better teacher everywhere) and the
+# reviewer's (the student beats both baselines on noise, and is no worse on clean speech)
+CLAIMS = (("student_seq", ("teacher", "teacher_seq"), "better"),
+          ("student", ("multicondition",), "noisy"), ("student", ("pseudo_label",), "noisy"))
+
+
+def claim_met(kind, condition, cell):
+    """Whether a change meets its claim: ``better`` with 95% confidence everywhere, or (``noisy``) on
+    every noisy condition, with clean speech no worse (not worse with 95% confidence).
+
+    Example
+    -------
+    >>> claim_met("noisy", "clean", {"lo": -3.0, "hi": 4.0}), claim_met("better", "clean", {"lo": -3.0, "hi": 4.0})
+    (True, False)
+    """
+    if kind == "noisy" and condition == "clean":
+        return cell["lo"] <= 0
+    return cell["hi"] < 0
+
+
+def claims_table(runs, conditions):
+    """Markdown lines: each claim of ``CLAIMS`` per test condition (pooled over ``runs``), met or not.
+    Against two teachers, each condition's reference is the one with the lower mean WER there."""
+    mean = lambda m, c: np.mean([r["wer"][m][c] for r in runs if c in r["wer"].get(m, {})])  # noqa: E731
+    have = lambda m: all(m in r["wer"] for r in runs)  # noqa: E731
+    rows = []
+    for model, refs, kind in CLAIMS:
+        if not have(model) or not all(have(ref) for ref in refs):
+            continue
+        comps = comparisons(runs, [model], conditions, list(refs))
+        cells, met = [], True
+        for c in conditions:
+            ref = min(refs, key=lambda r: mean(r, c))
+            cell = comps.get((model, ref), {}).get(c)
+            if cell is None:
+                cells.append("-")
+                continue
+            ok = claim_met(kind, c, cell)
+            met &= ok
+            cells.append(f"{interval_cell(cell)}{'' if len(refs) == 1 else f' vs {ref}'} {'met' if ok else 'NOT met'}")
+        target = "better everywhere" if kind == "better" else "better on noise, clean no worse"
+        rows.append(f"| {model} vs {' / '.join(refs)}: {target} | " + " | ".join(cells)
+                    + f" | {'**met**' if met else '**not met**'} |")
+    if not rows:
+        return []
+    head = "| target | " + " | ".join(conditions) + " | |\n|---|" + "---|" * (len(conditions) + 1)
+    return ["\nThe target, with 95% confidence:\n", head] + rows
 
 
 def bar_chart(runs, models, conditions, path, title="WER (%)"):
