@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -44,6 +45,28 @@ def test_manifest_with_three_decoders_scores_as_evaluation(tiny_teacher, tmp_pat
                 if d.startswith("lm_") and not d.endswith("_piece")]  # the bed config's word 3-gram
     lexicon = {l.split("\t")[0] for d in word_lms for l in open(os.path.join(d, "lexicon.txt"))}
     assert lm_words <= lexicon  # the lexicon decoder returns words of the labelled transcripts only
+
+
+def test_manifest_paths_relative_to_the_working_directory(tiny_teacher, tmp_path, monkeypatch):
+    """A manifest as the prepare stage writes it (paths relative to the working directory, the repository root,
+    as training reads them) transcribes; a path beside the manifest and ``$data_root`` still resolve there."""
+    from kd_brain.decode.transcribe import recogniser
+
+    rows = read_csv(os.path.join(data_folder(tiny_teacher), "test_clean.csv"))[:3]
+    rec = recogniser(str(tiny_teacher / "teacher"), "greedy")
+    expected = list(rec.transcribe([(r["ID"], r["wav"], r["wrd"]) for r in rows], progress=False))
+    for sub in ("corpus", "data"):
+        (tmp_path / sub).mkdir()
+    for r, sub in zip(rows, ["corpus", "corpus", "data"]):
+        shutil.copy(os.path.abspath(r["wav"]), tmp_path / sub / f"{r['ID']}.wav")
+    wavs = [f"corpus/{rows[0]['ID']}.wav", f"$data_root/../corpus/{rows[1]['ID']}.wav", f"{rows[2]['ID']}.wav"]
+    manifest = [{"ID": r["ID"], "wav": w, "wrd": r["wrd"]} for r, w in zip(rows, wavs)]
+    write_csv(str(tmp_path / "data" / "m.csv"), manifest, ["ID", "wav", "wrd"])
+    monkeypatch.chdir(tmp_path)
+    assert not os.path.exists(os.path.join("data", wavs[0]))  # found from the working directory only
+    results = load_recipe("transcribe").main([str(tiny_teacher / "teacher"), "data/m.csv", "--decoder=greedy",
+                                              "--noprogressbar"])
+    assert results == expected
 
 
 def test_log_probs_equal_the_training_forward_pass(tiny_teacher):

@@ -33,6 +33,7 @@ from kd_brain.brains.ddp import (RankBatchSplitter, float32_outputs, global_mean
                           rank_share, unwrapped)
 from kd_brain.data.tokenizer import BLANK_ID
 from kd_brain.kd.losses import frame_entropy
+from kd_brain.model.conformer import relative_lengths
 from kd_brain.results.selection import dev_wer
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class CTCBrain(sb.Brain):
         # Output lengths from each utterance's sample count, not from the padded batch:
         # a frame count must not depend on which utterances share the batch.
         n_out = output_frames(self.modules.model, torch.round(wav_lens * wavs.shape[1]).long())
-        rel = n_out.float() / log_probs.shape[1]
+        rel = relative_lengths(n_out, log_probs.shape[1])
         return (log_probs, rel, out[1]) if aux else (log_probs, rel)
 
     # Private override, kept: under DDP SpeechBrain wraps any batch sampler in DistributedSamplerWrapper (whole

@@ -12,6 +12,9 @@ dev WER, as TorchScript extra files. Loading it needs torch only::
 
     extra = {"units.json": "", "tokenizer.model": "", "hyperparams.yaml": "", "meta.json": ""}
     am = torch.jit.load("student.pt", _extra_files=extra)
+
+The other export, a folder that SpeechBrain's ``EncoderASR`` loads, is
+:mod:`kd_brain.decode.speechbrain_folder`.
 """
 
 import json

@@ -6,7 +6,8 @@ network, its lowest-dev-WER checkpoint fills it (``weights_only`` loads), the
 origin config names its units and n-gram LM. ``AcousticModel`` is the
 network as one ``torch.nn.Module`` from waveforms to CTC log-probs (fbank,
 the trained global normaliser, the CTC model), so the thing that decodes is
-exactly the thing that is exported (:mod:`kd_brain.decode.export`).
+exactly the thing that is exported (:mod:`kd_brain.decode.export`,
+:mod:`kd_brain.decode.speechbrain_folder`).
 
 Audio of any sample rate or channel count that soundfile reads is downmixed
 and resampled to 16 kHz (torchaudio), said once per file in a log line, so a
@@ -23,6 +24,7 @@ import torch
 
 from kd_brain.data.splits import CorpusError
 from kd_brain.data.tokenizer import BLANK_ID
+from kd_brain.model.conformer import relative_lengths
 
 logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -127,15 +129,37 @@ def read_inputs(paths):
 
 def _read_manifest(path):
     """A manifest's ``[(ID, audio path, wrd or None)]``, checked by :func:`kd_brain.data.validate.read_manifest`;
-    relative paths and speechbrain's ``$data_root`` resolve against the manifest's folder."""
+    paths resolve by :func:`resolve_audio_path`, speechbrain's ``$data_root`` as the manifest's folder."""
     from kd_brain.data.validate import read_manifest
 
     base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for utt, row in read_manifest(path).items():
-        wav = row["wav"].replace("$data_root", base)
-        out.append((utt, wav if os.path.isabs(wav) else os.path.join(base, wav), row.get("wrd")))
-    return out
+    return [(utt, resolve_audio_path(row["wav"].replace("$data_root", base), path), row.get("wrd"))
+            for utt, row in read_manifest(path).items()]
+
+
+def resolve_audio_path(wav, manifest):
+    """A manifest row's audio path as a file name to open.
+
+    Absolute, or relative to the working directory where it exists there
+    (the prepare stage writes its manifests so, from the repository root,
+    and training reads them as given), else relative to the manifest's
+    folder (a manifest written beside its audio).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> manifest = os.path.join(d, "data", "m.csv")
+    >>> resolve_audio_path("corpus/u1.wav", manifest) == os.path.join(d, "data", "corpus", "u1.wav")
+    True
+    >>> here = os.getcwd(); os.chdir(d); os.makedirs("corpus"); open("corpus/u1.wav", "w").close()
+    >>> resolve_audio_path("corpus/u1.wav", manifest) == os.path.join(os.getcwd(), "corpus", "u1.wav")
+    True
+    >>> os.chdir(here)
+    """
+    if os.path.isabs(wav) or os.path.exists(wav):
+        return os.path.abspath(wav)
+    return os.path.join(os.path.dirname(os.path.abspath(manifest)), wav)
 
 
 class Recogniser:
@@ -146,12 +170,13 @@ class Recogniser:
     acoustic : AcousticModel
     tokenizer : kd_brain.data.tokenizer.Tokenizer
     decoder : str
-        "greedy", "beam" (CTC prefix search) or "lm" (the LM search of the
-        model's teacher config, as in evaluation).
+        "greedy", "beam" (CTC prefix search) or "lm" (the headline decoder:
+        the LM search of the model's teacher config, as in evaluation).
     beam_size : int
         Prefix-search width of "beam".
     lm_decoder : kd_brain.decode.lm.LexiconLMDecoder, optional
-        Needed for "lm".
+        Needed for "lm": the n-gram search that ``lm_settings`` of the teacher
+        config sets up (sub-word units without a lexicon, or words with one).
     """
 
     def __init__(self, acoustic, tokenizer, decoder="lm", beam_size=10, lm_decoder=None):
@@ -177,7 +202,7 @@ class Recogniser:
             batch[i, :len(w)] = w
         rel = torch.tensor([len(w) / longest for w in wavs])
         log_probs, frames = self.acoustic(batch, rel)
-        lens = frames.float() / log_probs.shape[1]
+        lens = relative_lengths(frames, log_probs.shape[1])  # what evaluation gives its decoders
         if self.decoder == "lm":
             return [" ".join(words) for words in self.lm_decoder(log_probs, lens)]
         if self.decoder == "beam":
@@ -234,9 +259,15 @@ def load_model(model_dir, device="cpu"):
 
 
 def recogniser(model_dir, decoder="lm", beam_size=10, device="cpu"):
-    """A :class:`Recogniser` for a trained model folder, decoded as its evaluation decodes it."""
+    """A :class:`Recogniser` for a trained model folder (or an ONNX export's ``model.onnx``), decoded as its
+    evaluation decodes it."""
     from kd_brain.pipeline.modeldir import lm_decoder, lm_settings
 
-    acoustic, tokenizer, origin = load_model(model_dir, device)
+    if model_dir.endswith(".onnx"):  # an export of kd_brain.decode.onnx_export, run by onnxruntime on the CPU
+        from kd_brain.decode.onnx_export import load_onnx_model
+
+        acoustic, tokenizer, origin = load_onnx_model(model_dir, with_lm=decoder == "lm")
+    else:
+        acoustic, tokenizer, origin = load_model(model_dir, device)
     lm = lm_decoder(lm_settings(origin), origin["data_folder"], tokenizer) if decoder == "lm" else None
     return Recogniser(acoustic, tokenizer, decoder, beam_size=beam_size, lm_decoder=lm)

@@ -36,6 +36,21 @@ def frame_counts(rel_lengths, n_frames):
     return torch.round(rel_lengths * n_frames).long().clamp(min=1)
 
 
+def relative_lengths(frames, n_frames):
+    """Relative lengths [B] of ``frames`` [B] valid frames out of ``n_frames``, a quarter frame above the
+    exact ratio (below 1): speechbrain's CTC searchers truncate ``rel * T`` while the losses and the other
+    decoders round it, and a ratio a float rounding short of ``frames`` would lose an utterance's last
+    frame to truncation. Both then read exactly ``frames``.
+
+    Example
+    -------
+    >>> rel = relative_lengths(torch.tensor([49, 61]), 61)
+    >>> (rel * 61).long().tolist(), torch.round(rel * 61).long().tolist()
+    ([49, 61], [49, 61])
+    """
+    return torch.where(frames >= n_frames, torch.ones(()), (frames.float() + 0.25) / n_frames).to(torch.float32)
+
+
 def zero_padding(x, lengths):
     """``x`` [B, T, ...] with the frames at and after ``lengths`` [B] set to zero."""
     keep = ~padding_mask(lengths, x.shape[1])

@@ -6,12 +6,18 @@
 
 MODEL_DIR is any folder that train.py wrote (teacher, teacher_seq, student,
 student_seq, the baselines): its best checkpoint, units and the LM decoder
-of its teacher config. INPUT is audio files (any rate and channel count soundfile
+of its teacher config; or a ``model.onnx`` (``model.int8.onnx``) written by
+``export.py --format onnx``, run by onnxruntime (its tokenizer.model beside it;
+``--decoder lm`` needs the original model folder on this machine). INPUT is audio files (any rate and channel count soundfile
 reads; downmixed and resampled to 16 kHz, said in a log line) or CSV
-manifests (``ID, wav[, wrd]``). Prints ``ID<TAB>text`` in input order (or
-writes it to ``--out``); when the inputs have transcripts (``wrd``) it also
-prints their WER. ``--decoder``: greedy, beam (CTC prefix search) or lm
-(the teacher config's n-gram search, the headline decoder of evaluation).
+manifests (``ID, wav[, wrd]``; a relative ``wav`` is read from the working
+directory where it exists there, as training reads it, else beside the
+manifest). Prints ``ID<TAB>text`` in input order (or writes it to
+``--out``); when the inputs have transcripts (``wrd``) it also prints their
+WER. ``--decoder``: greedy, beam (CTC prefix search) or lm (the default:
+the model's headline decoder, the LM search its teacher config sets with
+``lm_units``, ``lm_order``, ``lm_weight`` ...; by default a 6-gram over the
+model's sub-word units, searched without a lexicon).
 """
 
 import argparse
@@ -29,7 +35,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files and/or CSV manifests")
-    p.add_argument("--decoder", default="lm", choices=DECODERS)
+    p.add_argument("--decoder", default="lm", choices=DECODERS,
+                   help="greedy (CTC best path), beam (CTC prefix search) or lm (default: the headline decoder, "
+                        "the LM search of the model's teacher config, as evaluation scores it)")
     p.add_argument("--beam_size", type=int, default=10, help="width of the beam decoder")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--out", help="write ID<TAB>text here instead of printing it")
