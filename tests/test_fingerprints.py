@@ -211,7 +211,7 @@ def labelled_store(tmp_path):
     model = type("Model", (), {"frame_info": lambda self: frame})()
     hp = {"criterion": "sequence", "store_dir": store, "model": model, "teacher_dir": str(teacher),
           "train_splits": ["labelled", "unlabelled"], "allow_label_mismatch": False, "contaminate": False,
-          "output_folder": str(tmp_path / "student")}
+          "output_folder": str(tmp_path / "student"), "prep_folder": str(tmp_path)}
     return hp, type("Tokenizer", (), {"hash": "tok"})(), str(data), dict(meta, k=2)
 
 
