@@ -28,6 +28,21 @@ def test_compare_prints_interval_and_verdict(tmp_path, capsys):
         load_recipe("compare").main([str(tmp_path), "a", "c"])
 
 
+
+def test_compare_two_transcript_files_on_a_manifest(tmp_path):
+    """Two transcribe.py outputs (e.g. ONNX fp32 and int8) scored on the manifest's wrd, paired by utterance."""
+    lines = ["ID,duration,wav,spk_id,wrd"] + [f"s{i % 4}u{i},1.0,a{i}.wav,s{i % 4},ONE TWO THREE FOUR" for i in range(40)]
+    (tmp_path / "test.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "a.tsv").write_text("".join(f"s{i % 4}u{i}\tONE TWO THREE FOUR\n" for i in range(40)))
+    (tmp_path / "b.tsv").write_text("".join(f"s{i % 4}u{i}\tONE TWO\n" for i in range(40)))
+    compare = load_recipe("compare")
+    row = compare.main(["--transcripts", str(tmp_path / "test.csv"), str(tmp_path / "b.tsv"), str(tmp_path / "a.tsv")])
+    assert row.startswith(f"| {tmp_path / 'test.csv'} | 50.00 | 0.00 | -100.0% [-100.0, -100.0] P=1.00 | -100.0%")
+    assert row.endswith("better with 95% confidence |")
+    (tmp_path / "c.tsv").write_text("s0u0\tONE\n")
+    with pytest.raises(SystemExit, match="39 utterances have no hypothesis"):
+        compare.main(["--transcripts", str(tmp_path / "test.csv"), str(tmp_path / "a.tsv"), str(tmp_path / "c.tsv")])
+
 def test_compare_across_experiments_needs_the_same_utterances(tmp_path):
     """Characters vs sub-words: the reference model read from another experiment folder."""
     ref = {f"s{i % 4}u{i}": [3, 10] for i in range(40)}

@@ -126,3 +126,26 @@ def compare(counts_a, counts_b, speakers=None, seed=0):
     if speakers:
         out["block"] = paired_bootstrap(ea, eb, n, groups=[speakers.get(u, u) for u in utts], seed=seed)
     return out
+
+
+def transcript_counts(references, hypotheses):
+    """``{utt: [word errors, reference words]}`` of ``{utt: text}`` hypotheses against references.
+
+    Scored as ``EvalBrain`` scores (SpeechBrain's ``ErrorRateStats`` on
+    whitespace-split words), so its counts can be compared with
+    :func:`compare`. Every reference utterance must have a hypothesis.
+
+    Example
+    -------
+    >>> transcript_counts({"u1": "A B C", "u2": "D"}, {"u1": "A C", "u2": "D"})
+    {'u1': [1, 3], 'u2': [0, 1]}
+    """
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    missing = sorted(set(references) - set(hypotheses))
+    if missing:
+        raise ValueError(f"{len(missing)} utterances have no hypothesis, e.g. {missing[0]}")
+    utts = sorted(references)
+    stats = ErrorRateStats()
+    stats.append(utts, [hypotheses[u].split() for u in utts], [references[u].split() for u in utts])
+    return {s["key"]: [int(s["num_edits"]), int(s["num_ref_tokens"])] for s in stats.scores}
