@@ -67,7 +67,7 @@ def compare_transcripts(manifest, reference, model):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transcripts", metavar="MANIFEST",
-                   help="compare two transcribe.py outputs (the positional arguments: REFERENCE.tsv MODEL.tsv) on it")
+                   help="compare two transcribe.py outputs (positional: REFERENCE.tsv MODEL.tsv) on it")
     p.add_argument("exp", nargs="?")
     p.add_argument("reference")
     p.add_argument("model")
