@@ -32,6 +32,7 @@ PREFIX = {"ablation": "abl", "main": "main"}
 K_GRID = [1, 5, 10, 20, 40]
 T_GRID = [1.0, 2.0, 4.0]
 SIDE_T = "[1.0,2.0,4.0]"
+CLEAN_SHARES = (0.0, 0.1, 0.2, 0.3)  # the clean_share grid
 MAIN_FRACTION, LABELLED = 0.8, 0.1  # teacher.yaml's labelled share; the paper's (800 h of 8,000 h)
 SMOOTH_WEIGHT = 0.2  # the smooth teacher's confidence penalty (EnCTC's weight, Liu et al. 2018)
 
@@ -130,9 +131,10 @@ class Grid:
             w0 = default_blank_weight(self.root)
             return [Row(f"{blank_label(w0)} (the default)", b.model, b.stages)] + self.one_key_rows(
                 "blank_weight", tuple(w for w in (1.0, 0.5, 0.0) if w != w0), lambda w: f"blank{w:g}", blank_label)
-        if grid == "clean_share":
-            return [Row("all noisy (the paper)", b.model, b.stages)] + self.one_key_rows(
-                "clean_share", (0.1, 0.2, 0.3), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
+        if grid == "clean_share":  # the default (student.yaml) is the base row; the other shares against it
+            c0 = default_value(self.root, "clean_share")
+            return [Row(f"{clean_label(c0)} (the default)", b.model, b.stages)] + self.one_key_rows(
+                "clean_share", tuple(v for v in CLEAN_SHARES if v != c0), lambda v: f"clean{v:g}", clean_label)
         if grid == "smooth":
             return self.smooth_rows()
         if grid == "normalizer":  # the initialised student's input statistics: the teacher's, or its own
@@ -147,9 +149,10 @@ class Grid:
                         b.stages + [(self.name("random_init_time"), lambda: self.equal_time(b.model))])]
         if grid == "headline":  # the rows behind the findings, the same models as in their own grids
             other = 1.0 if default_blank_weight(self.root) != 1.0 else 0.5
+            share = 0.2 if default_value(self.root, "clean_share") == 0.0 else 0.0
             return [b, self.k_row("all"), self.k_row(20, 1.0)] + self.one_key_rows(
                 "blank_weight", (other,), lambda w: f"blank{w:g}", blank_label
-            ) + self.one_key_rows("clean_share", (0.2,), lambda v: f"clean{v:g}", lambda v: f"{v:.0%} clean")
+            ) + self.one_key_rows("clean_share", (share,), lambda v: f"clean{v:g}", clean_label)
         if grid == "labelled_fraction":
             return [Row(f"{MAIN_FRACTION:.0%} labelled (the main job)", b.model, b.stages)] + self.fraction_rows()
         raise ValueError(f"--ablation {grid}: choose one of {GRIDS} or all")
@@ -221,9 +224,19 @@ class Grid:
         return best[0]
 
 
+def default_value(root, key):
+    """student.yaml's ``key`` (of the checkout ``root``) as a float: the base row's setting."""
+    return float(yaml_value(root, "hparams/student.yaml", key))
+
+
 def default_blank_weight(root):
     """student.yaml's ``blank_weight`` (of the checkout ``root``), the base row's."""
-    return float(yaml_value(root, "hparams/student.yaml", "blank_weight"))
+    return default_value(root, "blank_weight")
+
+
+def clean_label(v):
+    """A clean_share row's label."""
+    return "all noisy (the paper)" if v == 0.0 else f"{v:.0%} clean"
 
 
 def blank_label(w):
@@ -231,7 +244,8 @@ def blank_label(w):
     return "all frames alike (blank weight 1)" if w == 1.0 else f"blank-dominated frames x {w:g}"
 
 
-# headline: k = all, T = 1, the other blank weight and 20% clean against the base (also run at the main scale)
+# headline: k = all, T = 1, the other blank weight and clean share (0.2 from all noisy, else 0)
+# against the base (also run at the main scale)
 GRIDS = ["k", "temperature", "criterion", "label_source", "target", "blank", "clean_share", "normalizer", "init",
          "labelled_fraction", "headline", "smooth"]
 
