@@ -128,7 +128,7 @@ class Grid:
             return [Row("top-k renormalised", b.model, b.stages), Row("top-k + tail bucket", tail_model, [pre, tail]),
                     Row("20 sampled units, importance-weighted", smp_model, [pre, smp])]
         if grid == "blank":  # the default (student.yaml) is the base row; the other weights against it
-            w0 = default_blank_weight(self.root)
+            w0 = default_value(self.root, "blank_weight")
             return [Row(f"{blank_label(w0)} (the default)", b.model, b.stages)] + self.one_key_rows(
                 "blank_weight", tuple(w for w in (1.0, 0.5, 0.0) if w != w0), lambda w: f"blank{w:g}", blank_label)
         if grid == "clean_share":  # the default (student.yaml) is the base row; the other shares against it
@@ -148,7 +148,7 @@ class Grid:
                     Row("random, equal wall time (teacher + student)", self.name("random_init_time"),
                         b.stages + [(self.name("random_init_time"), lambda: self.equal_time(b.model))])]
         if grid == "headline":  # the rows behind the findings, the same models as in their own grids
-            other = 1.0 if default_blank_weight(self.root) != 1.0 else 0.5
+            other = 1.0 if default_value(self.root, "blank_weight") != 1.0 else 0.5
             share = 0.2 if default_value(self.root, "clean_share") == 0.0 else 0.0
             return [b, self.k_row("all"), self.k_row(20, 1.0)] + self.one_key_rows(
                 "blank_weight", (other,), lambda w: f"blank{w:g}", blank_label
@@ -227,11 +227,6 @@ class Grid:
 def default_value(root, key):
     """student.yaml's ``key`` (of the checkout ``root``) as a float: the base row's setting."""
     return float(yaml_value(root, "hparams/student.yaml", key))
-
-
-def default_blank_weight(root):
-    """student.yaml's ``blank_weight`` (of the checkout ``root``), the base row's."""
-    return default_value(root, "blank_weight")
 
 
 def clean_label(v):
